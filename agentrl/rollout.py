@@ -1,0 +1,428 @@
+"""Sampling backends: the ``Sampler`` protocol and the local torch backend with a per-session KV cache.
+
+A *session* is one context window (one sub-trace, DESIGN.md section 2). The runner drives it turn by turn:
+
+    sid = sampler.open(prompt_ids)              # queued, not yet encoded
+    gen = sampler.generate([sid, ...], params)  # encode what is queued, then sample a turn
+    sampler.append(sid, observation_ids)        # queued after the sampled tokens
+    gen = sampler.generate([sid, ...], params)  # encodes only the last sampled token + the observation
+    sampler.close(sid)
+
+Data flow inside ``TorchSampler.generate`` (one call, all sessions batched):
+
+1. Each session holds the keys/values of every token encoded so far (``c_i`` of them) and a queue of
+   tokens not yet encoded (``n_i >= 1``: the prompt, or the last sampled token of the previous turn
+   followed by the appended observation).
+2. The caches are left-padded to a common length ``C = max c_i`` and stacked into one ``DynamicCache``;
+   the queues are left-padded to ``N = max n_i``. A 2-D attention mask marks the padding and explicit
+   ``position_ids`` continue each row at ``c_i``, so padding (which may sit in the middle of a row) never
+   changes a row's result.
+3. One prefill forward over the ``(B, N)`` queued tokens, then one forward per decode step for the whole
+   batch, ``(B, 1)``. Rows stop on a stop token or at ``max_new_tokens``; a finished row's cache is
+   cut out (dropping its padding columns) and the row leaves the batch.
+4. The last sampled token of a turn is not encoded in that call: it becomes the head of the session's
+   queue, so history is never re-encoded and nothing is encoded twice.
+
+Sampling and the recorded log-probabilities:
+
+- ``logprob = log_softmax(logits / temperature)[token]``, computed before top-p truncation. The learner
+  recomputes exactly this quantity (same temperature, full vocabulary). Top-p < 1 samples from the
+  renormalised nucleus, a distribution slightly different from the recorded one; the importance ratio
+  then treats the full-vocabulary tempered distribution as the behaviour policy.
+- ``temperature == 0`` is greedy decoding; its recorded log-probs are those of the temperature-1
+  distribution.
+- Randomness: one ``torch.Generator`` seeded from ``params.seed``; every sampling step draws one uniform
+  number per row of the original batch (finished rows included) and samples by inverse CDF. Same seed and
+  same inputs (same sessions in the same order) give the same tokens; a row's draws depend on its index
+  and the batch size, so a sampled (non-greedy) session differs alone and in a batch.
+  ``generate_without_cache`` (the slow reference that recomputes the whole sequence every step)
+  consumes the same draws, so the two can be compared token for token.
+- Logits are cast to float32 before the softmax, whatever the model's dtype.
+
+The torch backend supports Hugging Face causal LMs whose ``DynamicCache`` has only full-attention
+``DynamicLayer`` layers (Llama, Qwen2, Mistral without sliding window, ...). It uses the model it is given
+by reference: weight updates made by the learner are seen by the next ``generate``, but caches of open
+sessions were computed with the old weights, so close sessions before updating.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one turn.
+
+    Attributes:
+        temperature: softmax temperature; 0 means greedy decoding.
+        top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+        max_new_tokens: the most tokens sampled in one turn.
+        stop_token_ids: a row stops right after sampling any of these (the stop token is kept).
+        seed: seeds the sampling generator; ``None`` draws a fresh, non-reproducible seed.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stop_token_ids, tuple):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):
+            raise ValueError(f"temperature: expected a finite number >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected an int >= 1, got {self.max_new_tokens!r}")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids: expected non-negative ints, got {self.stop_token_ids!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise ValueError(f"seed: expected an int or None, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled turn: the policy tokens (a final stop token included) and their recorded log-probs."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: FinishReason
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError(f"logprobs: length {len(self.logprobs)} != len(token_ids) {len(self.token_ids)}")
+        if self.finish_reason not in ("stop", "length"):
+            raise ValueError(f"finish_reason: expected 'stop' or 'length', got {self.finish_reason!r}")
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A sampling backend with one session per context window (local torch now; vLLM or remote later)."""
+
+    def open(self, prompt_ids: Sequence[int]) -> int:
+        """Start a session from a prompt (queued, encoded by the next ``generate``); return its id."""
+        ...
+
+    def append(self, session: int, token_ids: Sequence[int]) -> None:
+        """Queue observation tokens after what the session holds; they are encoded lazily."""
+        ...
+
+    def generate(self, sessions: Sequence[int], params: SamplingParams) -> list[Generation]:
+        """Sample one turn for each session, batched; results are in the order of ``sessions``."""
+        ...
+
+    def close(self, session: int) -> None:
+        """Forget a session and free its cache."""
+        ...
+
+
+@dataclass
+class _Session:
+    """Private mutable state: per-layer keys/values ``(H, c, D)`` of the encoded tokens, and the queue."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[1] if self.keys else 0
+
+
+def sample_tokens(
+    logits_BV: torch.Tensor, params: SamplingParams, uniforms_B: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row and its recorded log-prob.
+
+    Args:
+        logits_BV: next-token logits, (B, V), any float dtype (computed in float32).
+        params: temperature and top_p are used.
+        uniforms_B: one draw in [0, 1) per row, (B,); ignored when greedy.
+
+    Returns:
+        token ids (B,) int64 and ``log_softmax(logits / T)`` at them (B,) float32, before top-p
+        truncation (T = 1 when greedy).
+    """
+    logits_BV = logits_BV.float()
+    if params.temperature == 0.0:
+        logp_BV = torch.log_softmax(logits_BV, dim=-1)
+        tokens_B = logp_BV.argmax(dim=-1)
+    else:
+        logp_BV = torch.log_softmax(logits_BV / params.temperature, dim=-1)
+        probs_BV = logp_BV.exp()
+        if params.top_p < 1.0:
+            probs_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
+            # Keep a token while the mass strictly before it is below top_p (the top token always stays).
+            before_BV = probs_BV.cumsum(dim=-1) - probs_BV
+            probs_BV = probs_BV.masked_fill(before_BV >= params.top_p, 0.0)
+        cdf_BV = probs_BV.cumsum(dim=-1)
+        target_B1 = uniforms_B.to(cdf_BV).unsqueeze(-1) * cdf_BV[:, -1:]
+        index_B = (
+            torch.searchsorted(cdf_BV, target_B1, right=True).squeeze(-1).clamp_(max=cdf_BV.shape[-1] - 1)
+        )
+        tokens_B = order_BV.gather(-1, index_B[:, None]).squeeze(-1) if params.top_p < 1.0 else index_B
+    logprobs_B = logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
+    return tokens_B, logprobs_B
+
+
+def _make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists with id 0: ids (B, N) int64 and mask (B, N) int64, 1 = real token."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+class _Recorder:
+    """Collects the sampled tokens of every row of the original batch and decides when rows stop."""
+
+    def __init__(self, batch: int, params: SamplingParams) -> None:
+        self.params = params
+        self.stop = frozenset(params.stop_token_ids)
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.logprobs: list[list[float]] = [[] for _ in range(batch)]
+        self.reasons: list[FinishReason | None] = [None] * batch
+
+    def add(self, rows: Sequence[int], tokens_B: torch.Tensor, logprobs_B: torch.Tensor) -> list[bool]:
+        """Record one step for ``rows`` (original indices); return which of them finished."""
+        finished = []
+        for row, tok, lp in zip(rows, tokens_B.tolist(), logprobs_B.tolist(), strict=True):
+            self.tokens[row].append(tok)
+            self.logprobs[row].append(lp)
+            if tok in self.stop:
+                self.reasons[row] = "stop"
+            elif len(self.tokens[row]) >= self.params.max_new_tokens:
+                self.reasons[row] = "length"
+            finished.append(self.reasons[row] is not None)
+        return finished
+
+    def results(self) -> list[Generation]:
+        return [
+            Generation(tuple(t), tuple(lp), r or "length")
+            for t, lp, r in zip(self.tokens, self.logprobs, self.reasons, strict=True)
+        ]
+
+
+class TorchSampler:
+    """The local torch backend: batched sampling with each session's KV cache kept between turns.
+
+    Args:
+        model: a Hugging Face causal LM whose ``DynamicCache`` has only full-attention layers.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        layers = DynamicCache(config=model.config).layers
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            raise ValueError(
+                "model: only full-attention DynamicCache layers are supported (no sliding window)"
+            )
+        self.model = model
+        self.num_layers = len(layers)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self.num_encoded_tokens = 0  # real (non-padding) tokens fed to the model, for perf metrics and tests
+        self._sessions: dict[int, _Session] = {}
+        self._next_id = 0
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    def open(self, prompt_ids: Sequence[int]) -> int:
+        """Start a session from a non-empty prompt; nothing is encoded until ``generate``."""
+        if len(prompt_ids) == 0:
+            raise ValueError("prompt_ids: expected at least one token")
+        self._check_ids("prompt_ids", prompt_ids)
+        sid = self._next_id
+        self._next_id += 1
+        self._sessions[sid] = _Session(pending=list(prompt_ids))
+        return sid
+
+    def append(self, session: int, token_ids: Sequence[int]) -> None:
+        """Queue observation tokens; the next ``generate`` encodes them together with the new turn."""
+        self._check_ids("token_ids", token_ids)
+        self._get(session).pending.extend(token_ids)
+
+    def close(self, session: int) -> None:
+        """Drop a session and its cache."""
+        self._get(session)
+        del self._sessions[session]
+
+    def num_tokens(self, session: int) -> int:
+        """Tokens in the session's context window so far: encoded plus queued."""
+        state = self._get(session)
+        return state.length + len(state.pending)
+
+    def generate(self, sessions: Sequence[int], params: SamplingParams) -> list[Generation]:
+        """Sample one turn for every session in one batch; see the module docstring for the data flow."""
+        if len(set(sessions)) != len(sessions):
+            raise ValueError(f"sessions: duplicate session ids in {list(sessions)}")
+        states = [self._get(s) for s in sessions]
+        if not states:
+            return []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                recorder = self._decode(states, params)
+        finally:
+            self.model.train(was_training)
+        results = recorder.results()
+        for state, gen in zip(states, results, strict=True):
+            state.pending = [gen.token_ids[-1]]
+        return results
+
+    def _decode(self, states: list[_Session], params: SamplingParams) -> _Recorder:
+        """Prefill the queues, then decode step by step; fills each session's cache as its row stops."""
+        device = self.device
+        generator = _make_generator(params.seed, device)
+        recorder = _Recorder(len(states), params)
+        cache, mask_BT, positions_B = self._batch_cache(states)
+        ids_BN, new_mask_BN = _left_pad([s.pending for s in states], device)
+        mask_BT = torch.cat([mask_BT, new_mask_BN], dim=1)
+        position_ids_BN = (positions_B[:, None] + new_mask_BN.cumsum(dim=1) - 1).clamp_(min=0)
+        positions_B = positions_B + new_mask_BN.sum(dim=1)
+        self.num_encoded_tokens += sum(len(s.pending) for s in states)
+        logits_BV = self._forward(ids_BN, mask_BT, position_ids_BN, cache)
+        rows = list(range(len(states)))  # original index of each row still in the batch
+        while True:
+            uniforms = torch.rand(len(states), generator=generator, device=device)
+            tokens_B, logprobs_B = sample_tokens(logits_BV, params, uniforms[rows])
+            finished = recorder.add(rows, tokens_B, logprobs_B)
+            if any(finished):
+                for r, done in enumerate(finished):
+                    if done:
+                        self._store(states[rows[r]], cache, mask_BT, r)
+                keep = [r for r, done in enumerate(finished) if not done]
+                if not keep:
+                    return recorder
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask_BT, positions_B, tokens_B = mask_BT[index], positions_B[index], tokens_B[index]
+                rows = [rows[r] for r in keep]
+            mask_BT = torch.cat([mask_BT, mask_BT.new_ones(len(rows), 1)], dim=1)
+            self.num_encoded_tokens += len(rows)
+            logits_BV = self._forward(tokens_B[:, None], mask_BT, positions_B[:, None], cache)
+            positions_B = positions_B + 1
+
+    def _forward(
+        self, ids_BN: torch.Tensor, mask_BT: torch.Tensor, position_ids_BN: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """One forward of the whole batch; returns the logits of the last column, (B, V)."""
+        out = self.model(
+            input_ids=ids_BN,
+            attention_mask=mask_BT,
+            position_ids=position_ids_BN,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+    def _batch_cache(self, states: list[_Session]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """Stack the sessions' caches, left-padded to the longest.
+
+        Returns:
+            the batched cache (B, H, C, D) per layer, its mask (B, C) int64 (1 = real), and each row's
+            next position (B,) int64.
+        """
+        device = self.device
+        lengths = [s.length for s in states]
+        width = max(lengths)
+        mask_BC = torch.zeros(len(states), width, dtype=torch.long)
+        for i, n in enumerate(lengths):
+            mask_BC[i, width - n :] = 1
+        cache = DynamicCache(config=self.model.config)
+        if width > 0:
+            ref = next(s for s in states if s.length > 0)
+            for layer in range(self.num_layers):
+                shape = (len(states), ref.keys[layer].shape[0], width, ref.keys[layer].shape[2])
+                keys = ref.keys[layer].new_zeros(shape)
+                values = ref.values[layer].new_zeros(shape[:3] + (ref.values[layer].shape[2],))
+                for i, s in enumerate(states):
+                    if s.length > 0:
+                        keys[i, :, width - s.length :] = s.keys[layer]
+                        values[i, :, width - s.length :] = s.values[layer]
+                cache.update(keys, values, layer)
+        return cache, mask_BC.to(device), torch.tensor(lengths, dtype=torch.long, device=device)
+
+    def _store(self, state: _Session, cache: DynamicCache, mask_BT: torch.Tensor, row: int) -> None:
+        """Cut row ``row`` out of the batched cache, dropping its padding columns, into ``state``."""
+        real_T = mask_BT[row].bool()
+        state.keys = [layer.keys[row][:, real_T] for layer in cache.layers]
+        state.values = [layer.values[row][:, real_T] for layer in cache.layers]
+
+    def _get(self, session: int) -> _Session:
+        if session not in self._sessions:
+            raise ValueError(f"session: no open session with id {session!r}")
+        return self._sessions[session]
+
+    def _check_ids(self, name: str, token_ids: Sequence[int]) -> None:
+        if any(not isinstance(t, int) or not 0 <= t < self.vocab_size for t in token_ids):
+            raise ValueError(f"{name}: expected ints in [0, {self.vocab_size}), got {list(token_ids)}")
+
+
+def generate_without_cache(
+    model: torch.nn.Module, contexts: Sequence[Sequence[int]], params: SamplingParams
+) -> list[Generation]:
+    """The slow reference: sample like ``TorchSampler.generate`` but re-encode every full context each step.
+
+    Same random draws as the cached path (one uniform per original row per step), so with the same
+    seed the two agree token for token up to float rounding. Used by tests and benchmarks.
+
+    Args:
+        model: a Hugging Face causal LM.
+        contexts: each row's whole context so far (prompt, earlier turns and observations).
+        params: sampling parameters.
+    """
+    if not contexts or any(len(c) == 0 for c in contexts):
+        raise ValueError("contexts: expected at least one non-empty context")
+    device = next(model.parameters()).device
+    generator = _make_generator(params.seed, device)
+    recorder = _Recorder(len(contexts), params)
+    sequences = [list(c) for c in contexts]
+    rows = list(range(len(contexts)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            while rows:
+                ids_BT, mask_BT = _left_pad([sequences[r] for r in rows], device)
+                position_ids_BT = (mask_BT.cumsum(dim=1) - 1).clamp_(min=0)
+                logits_BV = model(
+                    input_ids=ids_BT, attention_mask=mask_BT, position_ids=position_ids_BT
+                ).logits
+                uniforms = torch.rand(len(contexts), generator=generator, device=device)
+                tokens_B, logprobs_B = sample_tokens(logits_BV[:, -1, :], params, uniforms[rows])
+                finished = recorder.add(rows, tokens_B, logprobs_B)
+                for r, tok in zip(rows, tokens_B.tolist(), strict=True):
+                    sequences[r].append(tok)
+                rows = [r for r, done in zip(rows, finished, strict=True) if not done]
+    finally:
+        model.train(was_training)
+    return recorder.results()

@@ -1,0 +1,247 @@
+"""Tests for agentrl.rollout: the Sampler protocol and the torch backend with a per-session KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from agentrl.rollout import (
+    Generation,
+    Sampler,
+    SamplingParams,
+    TorchSampler,
+    generate_without_cache,
+    sample_tokens,
+)
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def model() -> Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return Qwen2ForCausalLM(config).float().eval()
+
+
+def _ids(seed: int, n: int) -> list[int]:
+    return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _multi_turn(sampler: TorchSampler, prompts, observations, params):
+    """Run len(observations)+1 turns on all prompts at once; return each session's full sequence and
+    its policy positions with the recorded log-probs."""
+    sessions = [sampler.open(p) for p in prompts]
+    sequences = [list(p) for p in prompts]
+    policy: list[list[tuple[int, float]]] = [[] for _ in prompts]
+    for turn in range(len(observations) + 1):
+        gens = sampler.generate(sessions, SamplingParams(**{**params, "seed": 100 + turn}))
+        for i, gen in enumerate(gens):
+            policy[i] += [(len(sequences[i]) + k, lp) for k, lp in enumerate(gen.logprobs)]
+            sequences[i] += gen.token_ids
+        if turn < len(observations):
+            for i, s in enumerate(sessions):
+                sampler.append(s, observations[turn][i])
+                sequences[i] += observations[turn][i]
+    return sessions, sequences, policy
+
+
+PROMPTS = [_ids(1, 5), _ids(2, 13), _ids(3, 1)]
+OBSERVATIONS = [[_ids(10, 4), _ids(11, 1), _ids(12, 9)], [_ids(20, 7), _ids(21, 2), _ids(22, 3)]]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 6},
+        {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 5, "stop_token_ids": (7, 8, 9)},
+        {"temperature": 0.0, "max_new_tokens": 4},
+    ],
+)
+def test_recorded_logprobs_match_a_fresh_forward_over_the_whole_sequence(model, params) -> None:
+    _, sequences, policy = _multi_turn(TorchSampler(model), PROMPTS, OBSERVATIONS, params)
+    temperature = params["temperature"] or 1.0  # greedy records temperature-1 log-probs
+    for sequence, recorded in zip(sequences, policy, strict=True):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([sequence])).logits[0].float()
+        logp = torch.log_softmax(logits / temperature, dim=-1)
+        fresh = [logp[pos - 1, sequence[pos]].item() for pos, _ in recorded]
+        assert len(recorded) > 0
+        assert fresh == pytest.approx([lp for _, lp in recorded], abs=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_kv_cache_sampling_matches_full_recomputation(model, temperature) -> None:
+    # Multi-turn through the cache; then the reference re-encodes each session's whole context per step.
+    sampler = TorchSampler(model)
+    params = {"temperature": temperature, "max_new_tokens": 6, "stop_token_ids": (5,)}
+    sessions, sequences, _ = _multi_turn(sampler, PROMPTS, OBSERVATIONS, params)
+    final = SamplingParams(**{**params, "seed": 7, "max_new_tokens": 8})
+    cached = sampler.generate(sessions, final)
+    reference = generate_without_cache(model, sequences, final)
+    for got, want in zip(cached, reference, strict=True):
+        assert got.token_ids == want.token_ids
+        assert got.finish_reason == want.finish_reason
+        assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4)
+
+
+def test_a_session_gives_the_same_result_alone_and_in_a_batch(model) -> None:
+    params = {"temperature": 0.0, "max_new_tokens": 7}
+    _, alone_seq, alone_policy = _multi_turn(
+        TorchSampler(model), PROMPTS[1:2], [o[1:2] for o in OBSERVATIONS], params
+    )
+    _, batch_seq, batch_policy = _multi_turn(TorchSampler(model), PROMPTS, OBSERVATIONS, params)
+    assert alone_seq[0] == batch_seq[1]
+    assert [lp for _, lp in alone_policy[0]] == pytest.approx([lp for _, lp in batch_policy[1]], abs=1e-4)
+
+
+def test_a_second_turn_encodes_only_the_new_tokens(model) -> None:
+    sampler = TorchSampler(model)
+    fed: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _args, kwargs: fed.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    try:
+        params = SamplingParams(temperature=1.0, max_new_tokens=5, seed=0)
+        session = sampler.open(PROMPTS[1])
+        first = sampler.generate([session], params)[0]
+        assert sum(fed) == len(PROMPTS[1]) + len(first.token_ids) - 1  # the last token waits in the queue
+        fed.clear()
+        observation = _ids(30, 6)
+        sampler.append(session, observation)
+        second = sampler.generate([session], params)[0]
+        # The previous turn's last token + the observation, then one token per decode step.
+        assert sum(fed) == len(observation) + len(second.token_ids)
+        assert fed[0] == 1 + len(observation)
+        assert sampler.num_tokens(session) == len(PROMPTS[1]) + len(first.token_ids) + len(observation) + len(
+            second.token_ids
+        )
+    finally:
+        hook.remove()
+
+
+def test_batched_second_turn_counts_only_real_new_tokens(model) -> None:
+    sampler = TorchSampler(model)
+    sessions = [sampler.open(p) for p in PROMPTS]
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, seed=3)
+    first = sampler.generate(sessions, params)
+    for s, obs in zip(sessions, OBSERVATIONS[0], strict=True):
+        sampler.append(s, obs)
+    before = sampler.num_encoded_tokens
+    second = sampler.generate(sessions, params)
+    expected = sum(len(o) + len(g.token_ids) for o, g in zip(OBSERVATIONS[0], second, strict=True))
+    assert sampler.num_encoded_tokens - before == expected
+    assert before == sum(len(p) + len(g.token_ids) - 1 for p, g in zip(PROMPTS, first, strict=True))
+
+
+def test_stop_tokens_end_a_turn_and_are_kept(model) -> None:
+    sampler = TorchSampler(model)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=10)
+    free = sampler.generate([sampler.open(PROMPTS[0])], greedy)[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 10
+    stop = free.token_ids[3]
+    first_stop = free.token_ids.index(stop)
+    stopped = sampler.generate(
+        [sampler.open(PROMPTS[0])], SamplingParams(**{**greedy.__dict__, "stop_token_ids": (stop,)})
+    )
+    assert stopped[0].finish_reason == "stop"
+    assert stopped[0].token_ids == free.token_ids[: first_stop + 1]
+    assert stopped[0].logprobs == pytest.approx(free.logprobs[: first_stop + 1], abs=1e-5)
+
+
+def test_rows_finish_independently_in_one_batch(model) -> None:
+    sampler = TorchSampler(model)
+    sessions = [sampler.open(p) for p in PROMPTS]
+    gens = sampler.generate(
+        sessions,
+        SamplingParams(temperature=1.0, max_new_tokens=12, seed=1, stop_token_ids=tuple(range(0, VOCAB, 9))),
+    )
+    lengths = [len(g.token_ids) for g in gens]
+    for g in gens:
+        assert all(-50.0 < lp <= 0.0 for lp in g.logprobs)
+        assert (g.finish_reason == "stop") == (g.token_ids[-1] % 9 == 0)
+        assert all(t % 9 != 0 for t in g.token_ids[:-1])
+    assert len(set(lengths)) > 1  # the rows really stopped at different steps
+
+
+def test_same_seed_same_tokens_and_other_seed_other_tokens(model) -> None:
+    def run(seed: int) -> list[Generation]:
+        sampler = TorchSampler(model)
+        return sampler.generate(
+            [sampler.open(p) for p in PROMPTS], SamplingParams(max_new_tokens=12, seed=seed)
+        )
+
+    assert run(4) == run(4)
+    assert [g.token_ids for g in run(4)] != [g.token_ids for g in run(5)]
+
+
+def test_tiny_top_p_is_greedy_but_records_the_full_distribution(model) -> None:
+    greedy = generate_without_cache(model, PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=6))
+    nucleus = generate_without_cache(
+        model, PROMPTS, SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=6, seed=2)
+    )
+    for g, n in zip(greedy, nucleus, strict=True):
+        assert g.token_ids == n.token_ids
+        assert g.logprobs == pytest.approx(n.logprobs, abs=1e-6)  # both are temperature-1 log-probs
+
+
+def test_sample_tokens_inverse_cdf_hand_case() -> None:
+    # probs = softmax(log[0.1, 0.2, 0.3, 0.4]) = [0.1, 0.2, 0.3, 0.4]; cdf = [0.1, 0.3, 0.6, 1.0].
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).expand(4, 4)
+    params = SamplingParams(temperature=1.0)
+    tokens, logprobs = sample_tokens(logits, params, torch.tensor([0.05, 0.25, 0.59, 0.99]))
+    assert tokens.tolist() == [0, 1, 2, 3]
+    assert logprobs.tolist() == pytest.approx(torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4])).tolist())
+    # top_p = 0.65: sorted [0.4, 0.3, 0.2, 0.1], mass before each = [0, 0.4, 0.7, 0.9] -> keep {3, 2};
+    # nucleus cdf = [0.4, 0.7] of 0.7, so u = 0.5 -> target 0.35 -> token 3, u = 0.6 -> 0.42 -> token 2.
+    tokens, logprobs = sample_tokens(logits[:2], SamplingParams(top_p=0.65), torch.tensor([0.5, 0.6]))
+    assert tokens.tolist() == [3, 2]
+    assert logprobs.tolist() == pytest.approx(
+        [torch.log(torch.tensor(0.4)).item(), torch.log(torch.tensor(0.3)).item()]
+    )
+
+
+def test_protocol_validation_and_session_lifecycle(model) -> None:
+    sampler = TorchSampler(model)
+    assert isinstance(sampler, Sampler)
+    assert sampler.generate([], SamplingParams()) == []
+    session = sampler.open([1, 2, 3])
+    with pytest.raises(ValueError, match="sessions"):
+        sampler.generate([session, session], SamplingParams())
+    with pytest.raises(ValueError, match="token_ids"):
+        sampler.append(session, [VOCAB])
+    with pytest.raises(ValueError, match="prompt_ids"):
+        sampler.open([])
+    sampler.close(session)
+    with pytest.raises(ValueError, match="session"):
+        sampler.append(session, [1])
+    model.train()
+    sampler.generate([sampler.open([1])], SamplingParams(max_new_tokens=2, seed=0))
+    assert model.training  # the training flag is restored after sampling
+    model.eval()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"temperature": -1.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"stop_token_ids": (-1,)}, "stop_token_ids"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+def test_sampling_params_reject_bad_values(kwargs, name) -> None:
+    with pytest.raises(ValueError, match=name):
+        SamplingParams(**kwargs)
