@@ -102,6 +102,7 @@ class _EpisodeState:
     task_id: str
     active: bool = True
     finished: bool = False
+    truncated: bool = False
     success: bool = False
     step_reward: float = 0.0
     num_turns: int = 0
@@ -166,15 +167,21 @@ class ToolEnv:
 
     # ---- called by subclasses -----------------------------------------------------------------------
 
-    def finish(self, reward: float, *, success: bool) -> None:
-        """End the episode after this step with ``reward`` added to the step's reward."""
+    def finish(self, reward: float, *, success: bool, truncated: bool = False) -> None:
+        """End the episode after this step with ``reward`` added to the step's reward.
+
+        ``truncated=True`` says the environment's own cap (a move limit) stopped it, not a true end: the
+        step then reports ``truncated`` rather than ``terminated``, so a critic can bootstrap.
+        """
         ep = self._episode("finish")
         if ep.finished:
             raise RuntimeError(f"{self.name}: finish() called twice in one episode")
         if not isinstance(success, bool):
             raise ValueError(f"success: expected a bool, got {success!r}")
         ep.step_reward += _finite(reward, "reward")
-        ep.finished, ep.success = True, success
+        if not isinstance(truncated, bool):
+            raise ValueError(f"truncated: expected a bool, got {truncated!r}")
+        ep.finished, ep.success, ep.truncated = True, success, truncated
 
     def add_reward(self, r: float) -> None:
         """Add ``r`` (e.g. a negative step cost) to this step's reward."""
@@ -276,7 +283,10 @@ class ToolEnv:
         if ep.finished:
             info["success"] = ep.success
             ep.active = False
-        return StepResult(tuple(observation), ep.step_reward, ep.finished, False, info)
+        ended = ep.finished
+        return StepResult(
+            tuple(observation), ep.step_reward, ended and not ep.truncated, ended and ep.truncated, info
+        )
 
     def _box(self) -> ToolBox:
         if self.__box is None:
