@@ -1,14 +1,20 @@
 """Built-in environments, written only against agentrl's public environment and tool API."""
 
-from agentrl.registry import register
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentrl.registry import Registry
 
 
-def register_builtin() -> None:
+def register_builtin(registry: Registry | None = None) -> None:
     """Entry point of the ``agentrl.envs`` group: register the built-in environments."""
+    from agentrl.registry import register
     from envs.arithmetic import Arithmetic
     from envs.graph_nav import GraphNav
     from envs.gym_adapter import GymTextEnv
     from envs.ledger import Ledger
 
     for cls in (GraphNav, Ledger, Arithmetic, GymTextEnv):
-        register(cls.name, cls, description=cls.description)
+        register(cls.name, cls, description=cls.description, registry=registry)

@@ -1,0 +1,184 @@
+"""graph_nav: the env contract, the expert's success and horizon, determinism and the game's rules."""
+
+import json
+import random
+
+import networkx as nx
+import pytest
+
+from agentrl.env import StepResult, check_env
+from agentrl.tools import format_tool_call
+from envs.graph_nav import PRESETS, GraphNav, make_knobs
+
+
+def run_expert(env: GraphNav, seed: int, max_steps: int = 2000) -> tuple[int, list[StepResult]]:
+    """Play the expert from reset to the end; return its number of turns and every StepResult."""
+    env.reset(seed=seed)
+    results = []
+    while (action := env.expert_action()) is not None and len(results) < max_steps:
+        results.append(env.step(action))
+        if results[-1].terminated:
+            break
+    return len(results), results
+
+
+def call(env: GraphNav, name: str, **arguments: str) -> StepResult:
+    return env.step(format_tool_call(name, arguments))
+
+
+def walk_to(env: GraphNav, room: str) -> None:
+    """Move along the hidden graph's shortest path, as a test-side oracle (never through the goal)."""
+    for step in nx.shortest_path(env.world.graph, env.room, room)[1:]:
+        assert not call(env, "move", to=step).terminated
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_passes_check_env(size: str) -> None:
+    check_env(GraphNav(size=size))
+
+
+def test_expert_solves_small_and_large_and_spans_10_to_200_plus_turns() -> None:
+    turns: dict[str, list[int]] = {}
+    for size in ("small", "large"):
+        env, solved, turns[size] = GraphNav(size=size), 0, []
+        for seed in range(200):
+            n, results = run_expert(env, seed)
+            solved += results[-1].terminated and results[-1].info.get("success") is True
+            turns[size].append(n)
+        assert solved >= 198, (size, solved)
+    # small: 5 rooms, so a handful of moves each followed by a look; large: 300 rooms, key and lock far apart
+    assert 9 <= min(turns["small"]) and max(turns["small"]) <= 15
+    assert sum(n >= 200 for n in turns["large"]) >= 190
+    assert max(turns["large"]) >= 400
+
+
+def test_same_seed_same_episode_and_seeds_differ() -> None:
+    a, b = GraphNav(size="medium"), GraphNav(size="medium")
+    assert a.reset(seed=7)[0] == b.reset(seed=7)[0]
+    while (action := a.expert_action()) is not None:
+        assert action == b.expert_action()
+        ra, rb = a.step(action), b.step(action)
+        assert (ra.observation, ra.reward, ra.terminated) == (rb.observation, rb.reward, rb.terminated)
+    tasks = {GraphNav(size="medium").reset(seed=s)[0] for s in range(20)}
+    assert len(tasks) == 20
+
+
+def test_verbosity_changes_text_not_world() -> None:
+    worlds, tasks = [], []
+    for verbosity in ("terse", "normal", "verbose"):
+        env = GraphNav(size="medium", verbosity=verbosity)
+        tasks.append(env.reset(seed=3)[0])
+        worlds.append((sorted(map(sorted, env.world.graph.edges)), env.world.items, env.world.start))
+    assert worlds[0] == worlds[1] == worlds[2]
+    start = worlds[0][2]
+    assert all(start in task for task in tasks)
+    assert len(tasks[0]) < len(tasks[1]) < len(tasks[2])
+
+
+def test_hidden_world_invariants() -> None:
+    for seed in range(30):
+        env = GraphNav(size="medium")
+        env.reset(seed=seed)
+        w = env.world
+        assert w.graph.number_of_nodes() == 40 and nx.is_connected(w.graph)
+        assert list(w.graph[w.goal]) == [w.lock_room]  # the goal hangs off the locked door only
+        key_room = w.key_room
+        assert w.key in w.items[key_room]
+        rest = w.graph.subgraph(set(w.graph) - {w.goal})
+        assert nx.has_path(rest, w.start, key_room)
+        dist = nx.single_source_shortest_path_length(rest, w.start)
+        assert dist[key_room] >= 0.8 * max(dist.values())
+        assert sum(len(things) for things in w.items.values()) == 1 + 6
+
+
+def test_move_errors_locked_door_and_wrong_keys() -> None:
+    env = GraphNav(size="medium", distractors=40)
+    env.reset(seed=1)
+    w = env.world
+    far = next(r for r in sorted(w.graph) if r not in w.graph[w.start] and r != w.start)
+    bad = call(env, "move", to=far)
+    assert bad.info["tool_errors"] == 1 and not bad.terminated
+    assert "no passage" in bad.observation[0].content
+    wrong_room, wrong_key = next(
+        (r, t) for r, things in sorted(w.items.items()) for t in things if t.endswith(" key") and t != w.key
+    )
+    walk_to(env, w.lock_room)
+    locked = call(env, "move", to=w.goal)
+    assert "locked" in locked.observation[0].content and not locked.terminated
+    assert "no key" in call(env, "unlock", room=w.goal).observation[0].content
+    walk_to(env, wrong_room)
+    assert call(env, "take", item=wrong_key).info["tool_errors"] == 0
+    assert wrong_key in call(env, "inventory").observation[0].content
+    walk_to(env, w.lock_room)
+    refused = call(env, "unlock", room=w.goal).observation[0].content
+    assert "None of your keys" in refused and wrong_key in refused
+    # the expert takes over from this state and still gets out
+    while (action := env.expert_action()) is not None:
+        last = env.step(action)
+    assert last.terminated and last.info["success"] is True
+
+
+def test_expert_recovers_from_a_random_walk() -> None:
+    rng = random.Random(0)
+    for seed in range(10):
+        env = GraphNav(size="medium")
+        env.reset(seed=seed)
+        for _ in range(30):
+            exits = [r for r in env.world.graph[env.room] if r != env.world.goal]
+            call(env, "move", to=rng.choice(sorted(exits)))
+        n = 0
+        while (action := env.expert_action()) is not None and n < 500:
+            last, n = env.step(action), n + 1
+        assert last.info["success"] is True
+
+
+def test_step_cost_is_charged_per_tool_call() -> None:
+    env = GraphNav(size="small", step_cost=0.01)
+    n, results = run_expert(env, seed=4)
+    assert sum(r.reward for r in results) == pytest.approx(1.0 - 0.01 * n)
+
+
+def test_state_digest_tracks_what_the_agent_saw() -> None:
+    env = GraphNav(size="small")
+    env.reset(seed=3)
+    w = env.world
+    first = env.state_digest()
+    assert f"Room: {w.start}." in first and "Inventory: nothing." in first
+    while w.key not in env.state_digest():
+        env.step(env.expert_action())
+    env.step(env.expert_action())  # take
+    digest = env.state_digest()
+    assert f"Inventory: {w.key}." in digest and f"Door {w.lock_room} -> {w.goal}" in digest
+
+
+def test_tools_have_schemas_the_model_can_call() -> None:
+    names = {t.name for t in GraphNav().tools}
+    assert names == {"look", "move", "take", "unlock", "inventory"}
+    move = next(t for t in GraphNav().tools if t.name == "move")
+    assert move.parameters["required"] == ["to"]
+    assert json.dumps(move.schema())
+
+
+def test_reset_options_override_knobs() -> None:
+    env = GraphNav(size="small")
+    task, info = env.reset(seed=0, options={"num_rooms": 12})
+    assert "12 rooms" in task and env.world.graph.number_of_nodes() == 12
+    assert "5 rooms" in env.reset(seed=0)[0]
+    with pytest.raises(ValueError, match="num_rooms"):
+        env.reset(seed=0, options={"num_rooms": 2})
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("size", "huge"), ("num_rooms", 3), ("num_rooms", 1001), ("num_rooms", 5.0), ("branching", 1.5),
+     ("distractors", -1), ("verbosity", "loud"), ("step_cost", -0.1), ("expert_looks", "yes"),
+     ("colour", "red")],
+)
+def test_bad_options_raise_value_error_naming_them(option: str, value: object) -> None:
+    with pytest.raises(ValueError, match=option):
+        GraphNav(**{option: value})
+
+
+def test_presets_are_valid() -> None:
+    for size in PRESETS:
+        assert make_knobs(size).num_rooms == PRESETS[size]["num_rooms"]
