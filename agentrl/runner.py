@@ -1,0 +1,523 @@
+"""The episode runner: drives many multi-turn episodes at once through one ``Sampler`` (DESIGN.md 2, 5).
+
+An explicit state machine. Every episode in flight is in one phase:
+
+- ``act``: waiting for the model's next action;
+- ``summarise``: waiting for the model's summary (the ``policy`` compaction strategy);
+- ``done``: ended; its ``Episode`` is built and its environment is free for the next task.
+
+Each round samples once for all episodes in ``summarise`` and once for all in ``act`` (one batched
+``generate`` each), then handles every result: an action goes to its environment, whose observation is
+appended as the chat-template delta (``ChatFormat.observation_ids``); the sampled tokens are kept exactly as
+sampled, never re-tokenised. Episodes start as others end, up to ``max_concurrent`` at a time.
+
+Three budgets, kept apart (``RunnerConfig``):
+
+1. ``max_response_tokens``: one response. A response stopped there is cut (no stop token); it is still
+   sent to the environment, and counted in ``info["cut_responses"]``.
+2. ``context_budget``: one context window (one sub-trace). When the next maximal response would not fit,
+   the episode is compacted (``agentrl.compaction``).
+3. The episode caps: ``max_turns``, ``max_total_tokens`` (tokens over all its sub-traces) and
+   ``max_compactions``. An episode stopped by one ends ``truncated`` with the cap's name as its reason.
+
+Every cut is recorded on the episode and counted in the metrics; nothing is truncated silently. Other
+truncation reasons: ``context_full`` (strategy ``none``, or a resumed window that leaves no room),
+``env_truncated`` (the environment's own cap) and ``env_error`` (its ``step`` raised or returned
+something that is not a ``StepResult``; the message is in ``info["env_error"]``). A task whose ``reset``
+raises, or whose first prompt leaves no room for a response, yields no episode: it is reported in
+``RunResult.failures`` and the run goes on.
+
+Token accounting of one sub-trace: ``token_ids`` is exactly the stream the model was given plus what it
+sampled; ``loss_mask`` is 1 exactly at sampled tokens (actions, summaries); ``logprobs`` are the sampler's
+recorded ones there; a step's reward sits on the last token of the action that earned it.
+
+This module imports no torch; environments are stepped one after the other in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrl.chat import ChatFormat
+from agentrl.compaction import CompactionConfig, Turn, resumed_messages, should_compact
+from agentrl.env import Env, StepResult
+from agentrl.sampling import Generation, Sampler, SamplingParams
+from agentrl.types import Episode, Message, SubTrace
+
+TRUNCATION_REASONS = (
+    "max_turns", "max_total_tokens", "max_compactions", "context_full", "env_truncated", "env_error"
+)
+
+
+def _positive_int(value: Any, name: str, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1{' or None' if optional else ''}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """The runner's budgets and sampling settings; see the module docstring for the three budgets.
+
+    Attributes:
+        max_response_tokens: the most tokens of one response.
+        context_budget: the most tokens of one context window (sub-trace).
+        max_turns: the most actions in one episode.
+        max_total_tokens: a cap on the tokens over all of an episode's sub-traces, checked before each
+            action: the episode stops when its tokens so far plus one maximal response would pass it
+            (a summary turn is bounded by its window, not by this cap); None: no cap.
+        max_compactions: the most compactions in one episode.
+        compaction: the strategy and its settings.
+        temperature: sampling temperature (0 = greedy).
+        top_p: nucleus sampling mass.
+        max_concurrent: episodes in flight at once (one batch).
+    """
+
+    max_response_tokens: int = 128
+    context_budget: int = 1024
+    max_turns: int = 32
+    max_total_tokens: int | None = None
+    max_compactions: int = 8
+    compaction: CompactionConfig = field(default_factory=CompactionConfig)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_concurrent: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_response_tokens", "context_budget", "max_turns", "max_concurrent"):
+            _positive_int(getattr(self, name), name)
+        _positive_int(self.max_total_tokens, "max_total_tokens", optional=True)
+        if isinstance(self.max_compactions, bool) or not isinstance(self.max_compactions, int) or (
+            self.max_compactions < 0
+        ):
+            raise ValueError(f"max_compactions: expected an int >= 0, got {self.max_compactions!r}")
+        if not isinstance(self.compaction, CompactionConfig):
+            raise ValueError(f"compaction: expected a CompactionConfig, got {type(self.compaction).__name__}")
+        if self.context_budget <= self.max_response_tokens:
+            raise ValueError(
+                f"context_budget: {self.context_budget} tokens cannot hold a prompt and one response of "
+                f"max_response_tokens={self.max_response_tokens}"
+            )
+        if self.compaction.strategy == "policy" and self.compaction.max_summary_tokens >= self.context_budget:
+            raise ValueError(
+                f"compaction.max_summary_tokens: {self.compaction.max_summary_tokens} does not fit in "
+                f"context_budget={self.context_budget}"
+            )
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature: expected a finite number >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One episode to run: the environment's seed and options, and its GRPO group."""
+
+    seed: int
+    group_id: str
+    options: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A task that produced no episode, and why; ``env_broken``: its environment raised."""
+
+    task: Task
+    error: str
+    env_broken: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The episodes of a run (in task order), the tasks that failed, and the run's metrics."""
+
+    episodes: list[Episode]
+    failures: list[Failure]
+    metrics: dict[str, float]
+
+
+@dataclass
+class _Window:
+    """The sub-trace being built: its token stream, its sampler session and the turns it shows."""
+
+    session: int
+    token_ids: list[int]
+    loss_mask: list[int]
+    logprobs: list[float | None]
+    rewards: list[float]
+    turns: list[Turn]
+
+    @classmethod
+    def open(cls, sampler: Sampler, ids: Sequence[int], turns: Sequence[Turn]) -> _Window:
+        n = len(ids)
+        return cls(sampler.open(ids), list(ids), [0] * n, [None] * n, [0.0] * n, list(turns))
+
+    def add_context(self, sampler: Sampler, ids: Sequence[int]) -> None:
+        sampler.append(self.session, ids)
+        self.token_ids += ids
+        self.loss_mask += [0] * len(ids)
+        self.logprobs += [None] * len(ids)
+        self.rewards += [0.0] * len(ids)
+
+    def add_sampled(self, gen: Generation) -> None:
+        self.token_ids += gen.token_ids
+        self.loss_mask += [1] * len(gen.token_ids)
+        self.logprobs += gen.logprobs
+        self.rewards += [0.0] * len(gen.token_ids)
+
+    def sub_trace(self) -> SubTrace:
+        return SubTrace(self.token_ids, self.loss_mask, self.logprobs, self.rewards)
+
+
+@dataclass
+class _Run:
+    """One episode in flight."""
+
+    index: int
+    task: Task
+    env: Env
+    task_id: str
+    task_text: str
+    system: str
+    tools: list[dict[str, Any]]
+    window: _Window | None = None
+    phase: str = "act"
+    closed: list[SubTrace] = field(default_factory=list)
+    last: Generation | None = None
+    summary_saw_observation: bool = True
+    num_turns: int = 0
+    num_tool_errors: int = 0
+    cut_responses: int = 0
+    cut_summaries: int = 0
+    end: str | None = None
+    reason: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_compactions(self) -> int:
+        return len(self.closed)
+
+    def tokens_so_far(self) -> int:
+        return sum(s.num_tokens for s in self.closed) + (len(self.window.token_ids) if self.window else 0)
+
+
+def _json_safe(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-serialisable entries of an environment's info dict."""
+    safe = {}
+    for key, value in info.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        safe[str(key)] = value
+    return safe
+
+
+class Runner:
+    """Runs episodes of one environment kind with one sampler; see the module docstring.
+
+    Args:
+        sampler: the backend; its sessions are opened and closed here, one per sub-trace.
+        chat: the chat format of the sampler's model (its tokenizer and template).
+        config: budgets and sampling settings.
+    """
+
+    def __init__(self, sampler: Sampler, chat: ChatFormat, config: RunnerConfig) -> None:
+        self.sampler = sampler
+        self.chat = chat
+        self.config = config
+        self._reserve = self._summary_reserve()
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+
+    def run(
+        self, make_env: Callable[[], Env], tasks: Sequence[Task], *, seed: int | None = None
+    ) -> RunResult:
+        """Run every task to its end; ``make_env`` builds an environment when no free one is left.
+
+        ``seed`` seeds the sampling draws (None: fresh ones). Environments are reused across tasks (each
+        task resets one), so about ``max_concurrent`` are built; one whose ``reset`` or ``step`` raised
+        is dropped and replaced.
+        """
+        cfg = self.config
+        rng = random.Random(seed)
+        queue = deque(enumerate(tasks))
+        free: list[Env] = []
+        active: list[_Run] = []
+        done: dict[int, Episode] = {}
+        failures: list[Failure] = []
+        start = time.perf_counter()
+        sampled_tokens = 0
+        while queue or active:
+            while queue and len(active) < cfg.max_concurrent:
+                index, task = queue.popleft()
+                env = free.pop() if free else make_env()
+                run = self._start(index, task, env)
+                if isinstance(run, Failure):
+                    failures.append(run)
+                    if not run.env_broken:  # a reset that raised may have left its env broken
+                        free.append(env)
+                else:
+                    active.append(run)
+            for phase in ("summarise", "act"):
+                batch = [r for r in active if r.phase == phase]
+                if not batch:
+                    continue
+                params = self._params(phase, rng)
+                assert all(r.window is not None for r in batch)
+                gens = self.sampler.generate([r.window.session for r in batch], params)  # type: ignore[union-attr]
+                for run, gen in zip(batch, gens, strict=True):
+                    sampled_tokens += len(gen.token_ids)
+                    self._on_generation(run, gen)
+            for run in [r for r in active if r.phase == "done"]:
+                active.remove(run)
+                done[run.index] = self._episode(run)
+                if run.reason != "env_error":  # an env that crashed is not reused
+                    free.append(run.env)
+        episodes = [done[i] for i in sorted(done)]
+        metrics = run_metrics(episodes, failures, sampled_tokens, time.perf_counter() - start)
+        return RunResult(episodes, failures, metrics)
+
+    def _params(self, phase: str, rng: random.Random) -> SamplingParams:
+        cfg = self.config
+        limit = cfg.compaction.max_summary_tokens if phase == "summarise" else cfg.max_response_tokens
+        return SamplingParams(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=limit,
+            stop_token_ids=self.chat.stop_token_ids,
+            seed=rng.randrange(2**31),
+        )
+
+    # ---- phases -----------------------------------------------------------------------------------------
+
+    def _summary_reserve(self) -> int:
+        """Room kept free in every window for the summary turn (``policy`` only; module docstring)."""
+        c = self.config.compaction
+        if c.strategy != "policy":
+            return 0
+        request = self.chat.observation_ids([Message("user", c.summary_request)], sampled_ids=[])
+        return len(request) + c.max_summary_tokens
+
+    def _fits(self, context_tokens: int) -> bool:
+        cfg = self.config
+        return not should_compact(
+            context_tokens,
+            max_response_tokens=cfg.max_response_tokens,
+            context_budget=cfg.context_budget,
+            reserve=self._reserve,
+        )
+
+    def _start(self, index: int, task: Task, env: Env) -> _Run | Failure:
+        try:
+            task_text, info = env.reset(seed=task.seed, options=dict(task.options or {}))
+            tools = [t.schema() for t in env.tools]
+            system = env.system_prompt
+            task_id = str(info.get("task_id", f"{getattr(env, 'name', 'env')}:{task.seed}"))
+        except Exception as e:  # noqa: BLE001 - a broken environment costs its task, not the run
+            return Failure(task, f"reset raised {type(e).__name__}: {e}", env_broken=True)
+        prompt = self.chat.prompt_ids(system, tools, task_text)
+        if not self._fits(len(prompt)):
+            return Failure(
+                task,
+                f"the prompt has {len(prompt)} tokens and leaves no room for a response of "
+                f"{self.config.max_response_tokens} in context_budget={self.config.context_budget}",
+            )
+        run = _Run(index, task, env, task_id, task_text, system, tools)
+        run.window = _Window.open(self.sampler, prompt, [])
+        self._check_caps(run)
+        return run
+
+    def _on_generation(self, run: _Run, gen: Generation) -> None:
+        window = run.window
+        assert window is not None
+        window.add_sampled(gen)
+        run.last = gen
+        if run.phase == "summarise":
+            run.cut_summaries += gen.finish_reason == "length"
+            summary = self.chat.action_text(gen.token_ids)
+            self._resume(run, summary, keep_latest=not run.summary_saw_observation)
+            return
+        run.cut_responses += gen.finish_reason == "length"
+        action = self.chat.action_text(gen.token_ids)
+        try:
+            result = run.env.step(action)
+            if not isinstance(result, StepResult):
+                raise TypeError(f"step returned {type(result).__name__}, not a StepResult")
+            reward = float(result.reward)
+            if not math.isfinite(reward):
+                raise ValueError(f"step returned a non-finite reward {result.reward!r}")
+            if not all(isinstance(m, Message) and m.role in ("tool", "user") for m in result.observation):
+                raise ValueError("step returned an observation that is not tool or user messages")
+        except Exception as e:  # noqa: BLE001 - an environment that crashes ends its episode, not the run
+            run.num_turns += 1
+            run.info["env_error"] = f"{type(e).__name__}: {e}"
+            self._end(run, "truncated", "env_error")
+            return
+        run.num_turns += 1
+        window.rewards[-1] += reward
+        run.num_tool_errors += int(result.info.get("tool_errors", 0) or 0)
+        run.info.update(_json_safe(result.info))
+        window.turns.append(Turn(action, tuple(result.observation)))
+        if result.terminated:
+            self._end(run, "terminated", None)
+        elif result.truncated:
+            self._end(run, "truncated", "env_truncated")
+        else:
+            self._observe(run, tuple(result.observation))
+
+    def _observe(self, run: _Run, observation: tuple[Message, ...]) -> None:
+        """Append the observation for the next action, or compact first when the window is full."""
+        window, last = run.window, run.last
+        assert window is not None and last is not None
+        delta = self.chat.observation_ids(observation, sampled_ids=last.token_ids)
+        context = len(window.token_ids) + len(delta)
+        if self._fits(context):
+            window.add_context(self.sampler, delta)
+            self._check_caps(run)
+            return
+        reason = self._cap_reason(run)
+        if reason is not None:  # no action follows: compacting would only add an unused summary and window
+            self._end(run, "truncated", reason)
+            return
+        strategy = self.config.compaction.strategy
+        if strategy == "none":
+            self._end(run, "truncated", "context_full")
+        elif run.num_compactions >= self.config.max_compactions:
+            self._end(run, "truncated", "max_compactions")
+        elif strategy == "policy":
+            self._ask_summary(run, observation)
+        else:
+            summary = self._digest(run) if strategy == "env" else None
+            self._resume(run, summary, keep_latest=False)
+
+    def _ask_summary(self, run: _Run, observation: tuple[Message, ...]) -> None:
+        """Ask the policy for its summary, after the observation if that fits, else right after the action."""
+        window, last, c = run.window, run.last, self.config.compaction
+        assert window is not None and last is not None
+        request = Message("user", c.summary_request)
+        delta = self.chat.observation_ids((*observation, request), sampled_ids=last.token_ids)
+        run.summary_saw_observation = True
+        if len(window.token_ids) + len(delta) + c.max_summary_tokens > self.config.context_budget:
+            delta = self.chat.observation_ids((request,), sampled_ids=last.token_ids)
+            run.summary_saw_observation = False
+        window.add_context(self.sampler, delta)
+        run.phase = "summarise"
+
+    def _digest(self, run: _Run) -> str | None:
+        try:
+            digest = run.env.state_digest()
+        except Exception as e:  # noqa: BLE001 - a broken digest means no summary, recorded
+            run.info["digest_error"] = f"{type(e).__name__}: {e}"
+            return None
+        return digest if isinstance(digest, str) else None
+
+    def _resume(self, run: _Run, summary: str | None, *, keep_latest: bool) -> None:
+        """Close the window and open the next from task, summary and the last turns (module docstring)."""
+        window = run.window
+        assert window is not None
+        k = self.config.compaction.keep_last_turns
+        k = max(k, 1) if keep_latest else k
+        turns = window.turns[-k:] if k else []
+        self._close(run)
+        while True:
+            messages = resumed_messages(run.task_text, summary, turns)
+            ids = self.chat.context_ids(run.system, run.tools, messages)
+            if self._fits(len(ids)):
+                break
+            if not turns or (keep_latest and len(turns) == 1):
+                self._end(run, "truncated", "context_full")
+                return
+            turns = turns[1:]
+        run.window = _Window.open(self.sampler, ids, turns)
+        run.phase = "act"
+        self._check_caps(run)
+
+    def _cap_reason(self, run: _Run) -> str | None:
+        """The episode cap that stops its next action (whatever is appended first), or None."""
+        cfg = self.config
+        if run.num_turns >= cfg.max_turns:
+            return "max_turns"
+        if cfg.max_total_tokens is not None and (
+            run.tokens_so_far() + cfg.max_response_tokens > cfg.max_total_tokens
+        ):
+            return "max_total_tokens"
+        return None
+
+    def _check_caps(self, run: _Run) -> None:
+        """End the episode if a cap stops its next action; otherwise it waits for the model."""
+        reason = self._cap_reason(run)
+        if reason is not None:
+            self._end(run, "truncated", reason)
+        else:
+            run.phase = "act"
+
+    def _close(self, run: _Run) -> None:
+        if run.window is not None:
+            self.sampler.close(run.window.session)
+            run.closed.append(run.window.sub_trace())
+            run.window = None
+
+    def _end(self, run: _Run, end: str, reason: str | None) -> None:
+        self._close(run)
+        run.end, run.reason, run.phase = end, reason, "done"
+
+    def _episode(self, run: _Run) -> Episode:
+        info = dict(run.info)
+        info.update(
+            success=bool(run.info.get("success", False)),
+            cut_responses=run.cut_responses,
+            cut_summaries=run.cut_summaries,
+            compaction=self.config.compaction.strategy,
+            seed=run.task.seed,
+        )
+        return Episode(
+            sub_traces=tuple(run.closed),
+            task_id=run.task_id,
+            group_id=run.task.group_id,
+            end=run.end,  # type: ignore[arg-type]
+            truncation_reason=run.reason,
+            num_turns=run.num_turns,
+            num_tool_errors=run.num_tool_errors,
+            info=info,
+        )
+
+
+def run_metrics(
+    episodes: Sequence[Episode], failures: Sequence[Failure], sampled_tokens: int, seconds: float
+) -> dict[str, float]:
+    """Success rate, means of turns, compactions and tool errors, every cut counted, and throughput."""
+    n = len(episodes)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    reasons = Counter(e.truncation_reason for e in episodes if e.truncated)
+    metrics: dict[str, float] = {
+        "episodes": float(n),
+        "failed_tasks": float(len(failures)),
+        "success_rate": mean([float(bool(e.info.get("success"))) for e in episodes]),
+        "mean_reward": mean([e.reward for e in episodes]),
+        "mean_turns": mean([float(e.num_turns) for e in episodes]),
+        "mean_compactions": mean([float(e.num_compactions) for e in episodes]),
+        "mean_tool_errors": mean([float(e.num_tool_errors) for e in episodes]),
+        "tool_errors": float(sum(e.num_tool_errors for e in episodes)),
+        "cut_responses": float(sum(int(e.info.get("cut_responses", 0)) for e in episodes)),
+        "cut_summaries": float(sum(int(e.info.get("cut_summaries", 0)) for e in episodes)),
+        "terminated": float(sum(e.terminated for e in episodes)),
+        "policy_tokens": float(sum(e.num_policy_tokens for e in episodes)),
+        "tokens": float(sum(e.num_tokens for e in episodes)),
+        "seconds": seconds,
+        "sampled_tokens_per_s": sampled_tokens / seconds if seconds > 0 else 0.0,
+    }
+    for reason in TRUNCATION_REASONS:
+        metrics[f"truncated_{reason}"] = float(reasons.get(reason, 0))
+    return metrics
