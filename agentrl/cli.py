@@ -7,6 +7,7 @@ is instant. A usage error prints one line naming what was wrong and exits with c
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,80 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_option(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as JSON when it parses (``size=small``, ``num_rooms=40``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--env-option: expected key=value, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _cmd_init_model(args: argparse.Namespace) -> int:
+    from agentrl.models import init_model
+
+    out = init_model(args.out, size=args.size, seed=args.seed, vocab_size=args.vocab_size)
+    info = json.loads((out / "agentrl_model.json").read_text())
+    print(f"wrote a {info['size']} model ({info['num_parameters']:,} parameters, vocabulary "
+          f"{info['vocab_size']}) to {out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from agentrl.compaction import CompactionConfig
+    from agentrl.registry import make
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes: expected an int >= 1, got {args.episodes}")
+    options = dict(_parse_option(o) for o in args.env_option)
+    config = _runner_config(args, CompactionConfig(strategy=args.compaction, keep_last_turns=args.keep_last))
+    make(args.env, **options)  # an unknown env or option fails here, before the model loads
+
+    from agentrl.chat import ChatFormat
+    from agentrl.episodes import save_episodes
+    from agentrl.models import load_model
+    from agentrl.rollout import TorchSampler
+    from agentrl.runner import Runner, Task
+
+    model, tokenizer = load_model(args.model)
+    chat = ChatFormat(tokenizer)
+    tasks = [Task(seed=args.seed + i, group_id=f"{args.env}:{args.seed + i}") for i in range(args.episodes)]
+    result = Runner(TorchSampler(model), chat, config).run(
+        lambda: make(args.env, **options), tasks, seed=args.seed
+    )
+    m = result.metrics
+    print(f"episodes {int(m['episodes'])}  success {m['success_rate']:.3f}  "
+          f"mean reward {m['mean_reward']:.3f}  "
+          f"mean turns {m['mean_turns']:.2f}  compactions {m['mean_compactions']:.2f}  "
+          f"tool errors {int(m['tool_errors'])}  cut responses {int(m['cut_responses'])}  "
+          f"tokens/s {m['sampled_tokens_per_s']:.0f}")
+    cuts = {k[len("truncated_"):]: int(v) for k, v in m.items() if k.startswith("truncated_") and v}
+    if cuts:
+        print("truncated: " + ", ".join(f"{k} {v}" for k, v in sorted(cuts.items())))
+    for failure in result.failures:
+        print(f"failed task seed {failure.task.seed}: {failure.error}", file=sys.stderr)
+    written = save_episodes(args.out, result.episodes, decode=chat.decode)
+    print(f"wrote {written} episodes to {args.out}")
+    return 0
+
+
+def _runner_config(args: argparse.Namespace, compaction: object):
+    from agentrl.runner import RunnerConfig
+
+    return RunnerConfig(
+        max_response_tokens=args.max_response_tokens,
+        context_budget=args.context_budget,
+        max_turns=args.max_turns,
+        max_total_tokens=args.max_total_tokens,
+        max_compactions=args.max_compactions,
+        compaction=compaction,  # type: ignore[arg-type]
+        temperature=args.temperature,
+        max_concurrent=args.max_concurrent,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-parser per command."""
     parser = argparse.ArgumentParser(
@@ -30,6 +105,32 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     envs = commands.add_parser("envs", help="list the registered environments, one line each")
     envs.set_defaults(func=_cmd_envs)
+
+    init = commands.add_parser("init-model", help="write a default tiny model and its tokenizer")
+    init.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    init.add_argument("--size", default="tiny", help="tiny (~1M parameters) or small (~10M)")
+    init.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    init.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary to train")
+    init.set_defaults(func=_cmd_init_model)
+
+    ev = commands.add_parser("eval", help="run episodes of an environment with a model and report")
+    ev.add_argument("--env", required=True, help="a registered environment (see agentrl envs)")
+    ev.add_argument("--model", required=True, help="a Hugging Face causal LM directory")
+    ev.add_argument("--episodes", type=int, default=8, help="how many episodes (seeds seed..seed+N-1)")
+    ev.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment option; repeatable (values read as JSON when they parse)")
+    ev.add_argument("--compaction", default="policy", help="policy, env, keep_last or none")
+    ev.add_argument("--keep-last", type=int, default=2, help="turns kept verbatim after a compaction")
+    ev.add_argument("--max-response-tokens", type=int, default=128)
+    ev.add_argument("--context-budget", type=int, default=1024)
+    ev.add_argument("--max-turns", type=int, default=32)
+    ev.add_argument("--max-total-tokens", type=int, default=None)
+    ev.add_argument("--max-compactions", type=int, default=8)
+    ev.add_argument("--max-concurrent", type=int, default=64)
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="episodes.jsonl", help="where to write the episodes (JSONL)")
+    ev.set_defaults(func=_cmd_eval)
     return parser
 
 
@@ -40,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValueError as err:
-        print(f"agentrl {args.command}: error: {err}", file=sys.stderr)
+        first = str(err).strip().splitlines()
+        print(f"agentrl {args.command}: error: {first[0] if first else type(err).__name__}", file=sys.stderr)
         return 2
 
 
