@@ -74,6 +74,73 @@ class _Session:
         return self.keys[0].shape[1] if self.keys else 0
 
 
+class _BufferedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys/values live in a preallocated buffer, written in place.
+
+    ``DynamicLayer.update`` concatenates, copying the whole cache at every decode step; here a step
+    writes its column into spare room (doubling the buffer when full), and ``keys``/``values`` are views
+    of the filled part, so attention reads exactly what a ``DynamicLayer`` would hold.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        b, h, _, d = key_states.shape
+        self._k = key_states.new_empty(b, h, self.capacity, d)
+        self._v = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        assert self._k is not None and self._v is not None
+        n = key_states.shape[-2]
+        if self._length + n > self._k.shape[-2]:
+            grown = max(2 * self._k.shape[-2], self._length + n)
+            self._k = torch.cat([self._k[:, :, : self._length], self._k.new_empty(
+                *self._k.shape[:2], grown - self._length, self._k.shape[-1])], dim=-2)
+            self._v = torch.cat([self._v[:, :, : self._length], self._v.new_empty(
+                *self._v.shape[:2], grown - self._length, self._v.shape[-1])], dim=-2)
+        self._k[:, :, self._length : self._length + n] = key_states
+        self._v[:, :, self._length : self._length + n] = value_states
+        self._length += n
+        self.keys, self.values = self._k[:, :, : self._length], self._v[:, :, : self._length]
+        return self.keys, self.values
+
+    def fill(self, rows: list[tuple[torch.Tensor, torch.Tensor] | None], width: int) -> None:
+        """Start from each row's (keys, values) of shape (H, c, D), right-aligned at ``width`` columns
+        (zeros on the left, which the attention mask hides); None is a row with no cache yet."""
+        ref = next(r for r in rows if r is not None)
+        keys, values = ref
+        self.lazy_initialization(
+            keys.new_empty(len(rows), keys.shape[0], 0, keys.shape[-1]),
+            values.new_empty(len(rows), values.shape[0], 0, values.shape[-1]),
+        )
+        assert self._k is not None and self._v is not None
+        self._k[:, :, :width].zero_()
+        self._v[:, :, :width].zero_()
+        for i, row in enumerate(rows):
+            if row is not None:
+                c = row[0].shape[1]
+                self._k[i, :, width - c : width] = row[0]
+                self._v[i, :, width - c : width] = row[1]
+        self._length = width
+        self.keys, self.values = self._k[:, :, :width], self._v[:, :, :width]
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._k is not None and self._v is not None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, : self._length], self._v[:, :, : self._length]
+
+
 def sample_tokens(
     logits_BV: torch.Tensor, params: SamplingParams, uniforms_B: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +302,8 @@ class TorchSampler:
         device = self.device
         generator = _make_generator(params.seed, device)
         recorder = _Recorder(len(states), params)
-        cache, mask_BT, positions_B = self._batch_cache(states)
+        capacity = max(s.length for s in states) + max(len(s.pending) for s in states) + params.max_new_tokens
+        cache, mask_BT, positions_B = self._batch_cache(states, capacity)
         ids_BN, new_mask_BN = _left_pad([s.pending for s in states], device)
         mask_BT = torch.cat([mask_BT, new_mask_BN], dim=1)
         position_ids_BN = (positions_B[:, None] + new_mask_BN.cumsum(dim=1) - 1).clamp_(min=0)
@@ -277,8 +345,10 @@ class TorchSampler:
         )
         return out.logits[:, -1, :]
 
-    def _batch_cache(self, states: list[_Session]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-        """Stack the sessions' caches, left-padded to the longest.
+    def _batch_cache(
+        self, states: list[_Session], capacity: int
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """Stack the sessions' caches, left-padded to the longest, into buffers of ``capacity`` columns.
 
         Returns:
             the batched cache (B, H, C, D) per layer, its mask (B, C) int64 (1 = real), and each row's
@@ -291,17 +361,10 @@ class TorchSampler:
         for i, n in enumerate(lengths):
             mask_BC[i, width - n :] = 1
         cache = DynamicCache(config=self.model.config)
+        cache.layers = [_BufferedLayer(capacity) for _ in range(self.num_layers)]
         if width > 0:
-            ref = next(s for s in states if s.length > 0)
-            for layer in range(self.num_layers):
-                shape = (len(states), ref.keys[layer].shape[0], width, ref.keys[layer].shape[2])
-                keys = ref.keys[layer].new_zeros(shape)
-                values = ref.values[layer].new_zeros(shape[:3] + (ref.values[layer].shape[2],))
-                for i, s in enumerate(states):
-                    if s.length > 0:
-                        keys[i, :, width - s.length :] = s.keys[layer]
-                        values[i, :, width - s.length :] = s.values[layer]
-                cache.update(keys, values, layer)
+            for index, layer in enumerate(cache.layers):
+                layer.fill([(s.keys[index], s.values[index]) if s.length else None for s in states], width)
         return cache, mask_BC.to(device), torch.tensor(lengths, dtype=torch.long, device=device)
 
     def _store(self, state: _Session, cache: DynamicCache, mask_BT: torch.Tensor, row: int) -> None:

@@ -245,3 +245,22 @@ def test_protocol_validation_and_session_lifecycle(model) -> None:
 def test_sampling_params_reject_bad_values(kwargs, name) -> None:
     with pytest.raises(ValueError, match=name):
         SamplingParams(**kwargs)
+
+
+def test_buffered_cache_layer_holds_what_concatenation_would() -> None:
+    from transformers.cache_utils import DynamicLayer
+
+    from agentrl.rollout import _BufferedLayer
+
+    torch.manual_seed(1)
+    buffered, plain = _BufferedLayer(capacity=2), DynamicLayer()  # too small: the buffer must grow
+    for n in (3, 1, 1, 4):
+        k, v = torch.randn(2, 2, n, 8), torch.randn(2, 2, n, 8)
+        got, want = buffered.update(k, v), plain.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    index = torch.tensor([1])
+    buffered.batch_select_indices(index)
+    plain.batch_select_indices(index)
+    assert torch.equal(buffered.keys, plain.keys) and buffered.get_seq_length() == 9
+    k, v = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
+    assert torch.equal(buffered.update(k, v)[1], plain.update(k, v)[1])
