@@ -29,7 +29,9 @@ raises, or whose first prompt leaves no room for a response, yields no episode: 
 
 Token accounting of one sub-trace: ``token_ids`` is exactly the stream the model was given plus what it
 sampled; ``loss_mask`` is 1 exactly at sampled tokens (actions, summaries); ``logprobs`` are the sampler's
-recorded ones there; a step's reward sits on the last token of the action that earned it.
+recorded ones there; a step's reward sits on the last token of the action that earned it. An episode
+that ends after an action (done, or stopped by a cap) ends its last sub-trace with that action: the
+observation no model turn would read is not appended.
 
 This module imports no torch; environments are stepped one after the other in this process.
 """
@@ -111,6 +113,10 @@ class RunnerConfig:
                 f"compaction.max_summary_tokens: {self.compaction.max_summary_tokens} does not fit in "
                 f"context_budget={self.context_budget}"
             )
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name}: expected a number, got {value!r}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature: expected a finite number >= 0, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
@@ -379,14 +385,13 @@ class Runner:
         window, last = run.window, run.last
         assert window is not None and last is not None
         delta = self.chat.observation_ids(observation, sampled_ids=last.token_ids)
-        context = len(window.token_ids) + len(delta)
-        if self._fits(context):
-            window.add_context(self.sampler, delta)
-            self._check_caps(run)
-            return
-        reason = self._cap_reason(run)
-        if reason is not None:  # no action follows: compacting would only add an unused summary and window
+        reason = self._cap_reason(run, pending=len(delta))
+        if reason is not None:  # no action follows: the observation is never shown, so it is not recorded
             self._end(run, "truncated", reason)
+            return
+        if self._fits(len(window.token_ids) + len(delta)):
+            window.add_context(self.sampler, delta)
+            run.phase = "act"
             return
         strategy = self.config.compaction.strategy
         if strategy == "none":
@@ -441,13 +446,13 @@ class Runner:
         run.phase = "act"
         self._check_caps(run)
 
-    def _cap_reason(self, run: _Run) -> str | None:
-        """The episode cap that stops its next action (whatever is appended first), or None."""
+    def _cap_reason(self, run: _Run, *, pending: int = 0) -> str | None:
+        """The episode cap that stops its next action, with ``pending`` tokens still to append, or None."""
         cfg = self.config
         if run.num_turns >= cfg.max_turns:
             return "max_turns"
         if cfg.max_total_tokens is not None and (
-            run.tokens_so_far() + cfg.max_response_tokens > cfg.max_total_tokens
+            run.tokens_so_far() + pending + cfg.max_response_tokens > cfg.max_total_tokens
         ):
             return "max_total_tokens"
         return None

@@ -394,6 +394,8 @@ def test_max_turns_truncates_and_is_counted(tiny: Tiny) -> None:
     ends = [(e.end, e.truncation_reason, e.num_turns) for e in episodes]
     assert ends == [("truncated", "max_turns", 3)] * 2
     assert rec.result.metrics["truncated_max_turns"] == 2.0
+    # the last observation is never shown to the model, so the sub-trace ends with the last action
+    assert all(e.sub_traces[-1].loss_mask[-1] == 1 for e in episodes)
 
 
 def test_max_turns_reached_on_a_full_window_ends_without_compacting(tiny: Tiny) -> None:
@@ -421,7 +423,14 @@ def test_max_total_tokens_bounds_every_action_and_truncates(tiny: Tiny) -> None:
             assert before + context + params.max_new_tokens <= 900
         before += len(session.stream())
     assert before == ep.num_tokens
-    assert ep.num_tokens + config.max_response_tokens > 900  # the cap stopped the next action
+    # the cap stopped the next action: with the last observation (withheld, never shown) it would not fit
+    _, last_step, _ = rec.logs[ep.task_id][-1]
+    last_token = ep.sub_traces[-1].token_ids[-1:]  # only whether the action ended with its stop token matters
+    withheld = tiny.chat.observation_ids(last_step.observation, sampled_ids=last_token)
+    assert ep.sub_traces[-1].loss_mask[-1] == 1  # the episode ends with its last action
+    assert ep.num_tokens + config.max_response_tokens <= 900 < (
+        ep.num_tokens + len(withheld) + config.max_response_tokens
+    )
     assert rec.result.metrics["truncated_max_total_tokens"] == 1.0
 
 
