@@ -74,6 +74,8 @@ class SubTrace:
             raise ValueError("token_ids: expected non-negative ints")
         if any(m not in (0, 1) for m in self.loss_mask):
             raise ValueError("loss_mask: expected only 0 and 1")
+        if self.loss_mask[0] == 1:
+            raise ValueError("loss_mask: token 0 is a policy token; a sub-trace starts with its prompt")
         for i, (m, lp) in enumerate(zip(self.loss_mask, self.logprobs, strict=True)):
             if m == 1 and (lp is None or not math.isfinite(lp) or lp > 0.0):
                 raise ValueError(f"logprobs: policy token {i} needs a finite log-probability <= 0, got {lp}")

@@ -23,6 +23,7 @@ def test_subtrace_counts_and_reward():
         ({"loss_mask": (0, 1)}, "loss_mask"),
         ({"rewards": (0.0,)}, "rewards"),
         ({"loss_mask": (0, 2, 1)}, "loss_mask"),
+        ({"loss_mask": (1, 1, 1), "logprobs": (-0.1, -0.5, -0.25)}, "loss_mask"),  # no prompt before it
         ({"logprobs": (None, None, -0.25)}, "logprobs"),  # a policy token without its log-prob
         ({"logprobs": (-1.0, -0.5, -0.25)}, "logprobs"),  # a log-prob on a prompt token
         ({"logprobs": (None, 0.5, -0.25)}, "logprobs"),  # not a log-probability
