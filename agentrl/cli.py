@@ -92,6 +92,7 @@ def _runner_config(args: argparse.Namespace, compaction: object):
         max_compactions=args.max_compactions,
         compaction=compaction,  # type: ignore[arg-type]
         temperature=args.temperature,
+        top_p=args.top_p,
         max_concurrent=args.max_concurrent,
     )
 
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-total-tokens", type=int, default=None)
     ev.add_argument("--max-compactions", type=int, default=8)
     ev.add_argument("--max-concurrent", type=int, default=64)
-    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy")
+    ev.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="episodes.jsonl", help="where to write the episodes (JSONL)")
     ev.set_defaults(func=_cmd_eval)
