@@ -1,0 +1,713 @@
+"""The training configuration: nested frozen dataclasses, read from YAML with ``--set`` overrides.
+
+``agentrl train --config FILE.yaml [--set key=value ...]`` takes its settings from here. The module sits
+at the bottom of the import graph with ``types`` (DESIGN.md section 3) and imports no torch, so
+``--help`` stays instant; only ``to_runner_config`` and the rollout checks reach up to the torch-free
+``agentrl.runner`` and ``agentrl.compaction``, inside functions.
+
+- ``TrainConfig`` is the tree: ``run``, ``model``, ``env``, ``rollout`` (with ``rollout.compaction``),
+  ``algorithm``, ``ppo``, ``grpo``, ``optim``. Every field is described in its class's Attributes
+  section. The math fields carry the names, the choices and the ranges of the keyword arguments of
+  ``agentrl.advantages`` and ``agentrl.losses`` that they feed (``gamma``, ``clip_low``, ``k3_max``,
+  ``truncation``, ...); the rollout fields are exactly ``agentrl.runner.RunnerConfig``'s.
+- Every section checks itself on construction: the type of each field first (an int is taken for a
+  float, a list for a tuple, a mapping for a section), then its range, then rules across sections.
+  A bad value raises ``ConfigError`` (a ``ValueError``) with a one-line message that starts with the
+  field's dotted path: ``ppo.clip_high: expected a number >= 0, got -1.0``.
+- ``load_config(path, overrides)`` reads YAML, applies ``--set a.b=value`` overrides (the value read by
+  YAML's rules for one scalar: ``1`` is an int, ``0.5`` and ``1e-6`` floats, ``null`` None, ``[0.9,
+  0.95]`` a list) and builds the tree. A key no section has is ``unknown key 'ppo.foo' (known: ...)``;
+  under ``env.options`` any key goes (the environment checks its own options when it is built).
+- ``config_to_dict`` and ``dump_config`` give the resolved config back as plain data and YAML text,
+  which ``load_config`` reads back to an equal config: a run writes it into its directory
+  (``save_config``).
+
+Departure from plain PyYAML: PyYAML follows YAML 1.1, where ``1e-6`` (no dot) is a string. The loader
+here reads it as a float, as YAML 1.2 does, so ``actor_lr: 1e-6`` means what it says. A key given twice
+in one mapping is an error rather than silently the last one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+if typing.TYPE_CHECKING:
+    from agentrl.compaction import CompactionConfig
+    from agentrl.runner import RunnerConfig
+
+# The choices of the math modules (which import torch); tests/test_config.py checks they stay equal to
+# agentrl.losses.AGGREGATION_MODES / KL_KINDS, agentrl.advantages.TRUNCATION_MODES / EPISODE_GAE_MODES,
+# agentrl.compaction.STRATEGIES and agentrl.models.SIZES.
+Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+KLKind = Literal["k1", "k2", "k3"]
+Truncation = Literal["bootstrap", "mask"]
+GAEMode = Literal["episode", "local"]
+Strategy = Literal["policy", "env", "keep_last", "none"]
+ModelSize = Literal["tiny", "small"]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad config value, key, override or file. The message is one line and starts with what is at
+    fault: a dotted field path, ``unknown key``, ``--set`` or ``config``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking and coercing one value against its field's type.
+
+
+def _show(value: Any) -> str:
+    """A value as the message shows it: YAML words for None and bools, a short repr otherwise."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(tp: Any) -> str:
+    """What a value of type ``tp`` looks like, for messages: ``a number or null``."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in get_args(tp))
+    if origin is Literal:
+        choices = ", ".join(repr(a) for a in get_args(tp))
+        return choices if len(get_args(tp)) == 1 else f"one of {choices}"
+    if origin is tuple:
+        return f"a list of {len(get_args(tp))} numbers"
+    if origin is dict or is_dataclass(tp):
+        return "a mapping"
+    words = {type(None): "null", bool: "true or false", int: "an int", str: "a string"}
+    return words.get(tp, "a finite number")  # float
+
+
+def _try(value: Any, tp: Any, path: str) -> tuple[bool, Any]:
+    """``(True, value as tp)`` or ``(False, None)``; a mapping for a section builds it (its own errors)."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in get_args(tp):
+            ok, out = _try(value, arg, path)
+            if ok:
+                return True, out
+        return False, None
+    if origin is Literal:
+        return isinstance(value, str) and value in get_args(tp), value
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            return False, None
+        items = [_try(v, a, path) for v, a in zip(value, args, strict=True)]
+        return all(ok for ok, _ in items), tuple(out for _, out in items)
+    if origin is dict:
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+        return ok, dict(value) if ok else None
+    if is_dataclass(tp):
+        if isinstance(value, tp):
+            return True, value
+        if value is None or isinstance(value, Mapping):  # an empty YAML section is None
+            return True, _from_mapping(tp, value or {}, path)
+        return False, None
+    if tp is type(None):
+        return value is None, None
+    if tp is bool:
+        return isinstance(value, bool), value
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return number and isinstance(value, int), value
+    if tp is float:
+        return number and math.isfinite(value), float(value) if number else None
+    if tp is str:  # a name like 2024 reads as an int in YAML; take it as the text it was
+        return isinstance(value, str) or number, value if isinstance(value, str) else str(value)
+    raise TypeError(f"config: unsupported field type {tp!r}")
+
+
+def _require(ok: bool, path: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: expected {expected}, got {_show(value)}")
+
+
+def _checked(prefix: str, build: Callable[[], T]) -> T:
+    """``build()``, with a ValueError's message (which starts with a field name) put under ``prefix``."""
+    try:
+        return build()
+    except ValueError as e:
+        raise ConfigError(f"{prefix}.{e}") from None
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _from_mapping(cls: type[T], data: Mapping[Any, Any], path: str) -> T:
+    """Build section ``cls`` from ``data``, refusing keys it does not have."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            dotted = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"unknown key {dotted!r} (known: {', '.join(names)})")
+    return cls(**data)
+
+
+class _Section:
+    """Checks on construction: each field's type (coercing int to float, list to tuple), then
+    ``_validate``. ``SECTION`` is the section's dotted path, which starts every message."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            ok, out = _try(value, hints[f.name], self._path(f.name))
+            _require(ok, self._path(f.name), _describe(hints[f.name]), value)
+            object.__setattr__(self, f.name, out)  # frozen: the coerced value replaces the given one
+        self._validate()
+
+    def _path(self, name: str) -> str:
+        return f"{self.SECTION}.{name}" if self.SECTION else name
+
+    def _check(self, name: str, ok: bool, expected: str) -> None:
+        _require(ok, self._path(name), expected, getattr(self, name))
+
+    def _validate(self) -> None:
+        pass
+
+
+def _check_policy_fields(s: PPOSection | GRPOSection) -> None:
+    """The clipped-surrogate, KL and aggregation fields PPO and GRPO share (ranges of agentrl.losses)."""
+    s._check("epochs", s.epochs >= 1, "an int >= 1")
+    s._check("minibatches", s.minibatches >= 1, "an int >= 1")
+    s._check("clip_low", 0 <= s.clip_low < 1, "a number in [0, 1)")
+    s._check("clip_high", s.clip_high >= 0, "a number >= 0")
+    s._check("dual_clip", s.dual_clip is None or s.dual_clip > 1, "null or a number > 1")
+    s._check("kl_beta", s.kl_beta >= 0, "a number >= 0")
+    s._check("k3_max", s.k3_max is None or s.k3_max > 0, "null or a number > 0")
+    s._check("horizon", s.horizon is None or s.horizon >= 1, "null or an int >= 1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The sections.
+
+
+@dataclass(frozen=True)
+class RunSection(_Section):
+    """The run's name, seed, length, checkpoints and directory.
+
+    Attributes:
+        name: the run's name, its directory under ``runs/``: letters, digits, ``.``, ``_`` and ``-``.
+        seed: seeds everything random: a fresh model's weights, the task seeds, sampling, mini-batch order.
+        iterations: policy updates, one rollout batch each; ``ppo.value_pretrain_steps`` come on top.
+        checkpoint_every: save a checkpoint every this many iterations; 0: none but the final one (the
+            last iteration always saves one).
+        run_dir: the run's directory; null: ``runs/<name>`` (the ``dir`` property resolves it).
+    """
+
+    SECTION: ClassVar[str] = "run"
+    name: str = "run"
+    seed: int = 0
+    iterations: int = 100
+    checkpoint_every: int = 10
+    run_dir: str | None = None
+
+    def _validate(self) -> None:
+        self._check("name", _NAME_RE.fullmatch(self.name) is not None,
+                    "letters, digits, '.', '_' or '-' (not starting with '.')")
+        self._check("seed", self.seed >= 0, "an int >= 0")
+        self._check("iterations", self.iterations >= 1, "an int >= 1")
+        self._check("checkpoint_every", self.checkpoint_every >= 0, "an int >= 0")
+        self._check("run_dir", self.run_dir is None or self.run_dir.strip() != "", "null or a non-empty path")
+
+    @property
+    def dir(self) -> Path:
+        """Where the run writes: ``run_dir``, or ``runs/<name>``."""
+        return Path(self.run_dir) if self.run_dir is not None else Path("runs") / self.name
+
+
+@dataclass(frozen=True)
+class ModelSection(_Section):
+    """The policy (and the critic and reference built from it).
+
+    Attributes:
+        path: a Hugging Face causal LM directory to start from; null: a fresh default model of size
+            ``init_size`` with its locally trained tokenizer (``agentrl init-model``), seeded by ``run.seed``.
+        init_size: the default model's size when ``path`` is null: ``tiny`` (~1M parameters, the CPU
+            default) or ``small`` (~10M).
+        dtype: the weights' dtype: ``float32`` or ``bfloat16`` (float16 is left out: the losses' log-ratio
+            clamp, e^20, is not finite in it).
+        critic: ``separate``: a model of the policy's architecture with a scalar value head, initialised
+            from the policy's weights; ``shared``: a value head on the policy's own backbone. PPO only.
+        device: ``auto`` (cuda when there is one, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    SECTION: ClassVar[str] = "model"
+    path: str | None = None
+    init_size: ModelSize = "tiny"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    critic: Literal["separate", "shared"] = "separate"
+    device: str = "auto"
+
+    def _validate(self) -> None:
+        self._check("path", self.path is None or self.path.strip() != "", "null or a non-empty path")
+        self._check("device", _DEVICE_RE.fullmatch(self.device) is not None, "auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class EnvSection(_Section):
+    """The environment the tasks come from.
+
+    Attributes:
+        name: a registered environment (``agentrl envs``) or a ``module:attr`` import path.
+        options: keyword options for the environment's constructor (``size: small``); the environment
+            checks them when it is built.
+    """
+
+    SECTION: ClassVar[str] = "env"
+    name: str = "arithmetic"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def _validate(self) -> None:
+        self._check("name", self.name.strip() != "", "a non-empty environment name")
+
+
+@dataclass(frozen=True)
+class CompactionSection(_Section):
+    """How an episode that outgrows its context window goes on (``agentrl.compaction``).
+
+    Attributes:
+        strategy: ``policy`` (the policy writes a summary, trained with the episode's reward), ``env``
+            (the environment's state digest), ``keep_last`` (old turns dropped) or ``none`` (the episode
+            is truncated when its window is full).
+        keep_last_turns: turns kept verbatim in the new window (ignored by ``none``).
+        max_summary_tokens: the most tokens of a ``policy`` summary.
+        summary_request: the user message that asks for the summary; null: the built-in request.
+    """
+
+    SECTION: ClassVar[str] = "rollout.compaction"
+    strategy: Strategy = "policy"
+    keep_last_turns: int = 2
+    max_summary_tokens: int = 128
+    summary_request: str | None = None
+
+    def _validate(self) -> None:
+        _checked(self.SECTION, self.to_compaction_config)
+
+    def to_compaction_config(self) -> CompactionConfig:
+        """The runner's ``agentrl.compaction.CompactionConfig`` of this section."""
+        from agentrl.compaction import CompactionConfig
+
+        extra = {} if self.summary_request is None else {"summary_request": self.summary_request}
+        return CompactionConfig(
+            strategy=self.strategy,
+            keep_last_turns=self.keep_last_turns,
+            max_summary_tokens=self.max_summary_tokens,
+            **extra,
+        )
+
+
+@dataclass(frozen=True)
+class RolloutSection(_Section):
+    """What one iteration samples, and the runner's budgets (``agentrl.runner``, docs/runner.md).
+
+    Attributes:
+        tasks_per_iteration: tasks (environment seeds) sampled per iteration.
+        group_size: episodes per task (GRPO's G; >= 2 for GRPO). An iteration has
+            ``tasks_per_iteration * group_size`` episodes (``episodes_per_iteration``).
+        max_response_tokens: the most tokens of one response.
+        context_budget: the most tokens of one context window (one sub-trace).
+        max_turns: the most actions in one episode.
+        max_total_tokens: the most tokens over all of an episode's sub-traces; null: no cap.
+        max_compactions: the most compactions in one episode.
+        temperature: sampling temperature (0 = greedy).
+        top_p: nucleus sampling mass, in (0, 1].
+        max_concurrent: episodes in flight at once (one sampling batch).
+        compaction: the compaction strategy and its settings.
+    """
+
+    SECTION: ClassVar[str] = "rollout"
+    tasks_per_iteration: int = 16
+    group_size: int = 1
+    max_response_tokens: int = 128
+    context_budget: int = 1024
+    max_turns: int = 32
+    max_total_tokens: int | None = None
+    max_compactions: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_concurrent: int = 64
+    compaction: CompactionSection = field(default_factory=CompactionSection)
+
+    def _validate(self) -> None:
+        self._check("tasks_per_iteration", self.tasks_per_iteration >= 1, "an int >= 1")
+        self._check("group_size", self.group_size >= 1, "an int >= 1")
+        _checked(self.SECTION, self.to_runner_config)  # the runner's own budget rules, one source
+
+    @property
+    def episodes_per_iteration(self) -> int:
+        """Episodes sampled per iteration: ``tasks_per_iteration * group_size``."""
+        return self.tasks_per_iteration * self.group_size
+
+    def to_runner_config(self) -> RunnerConfig:
+        """The ``agentrl.runner.RunnerConfig`` of these budgets and sampling settings."""
+        from agentrl.runner import RunnerConfig
+
+        return RunnerConfig(
+            max_response_tokens=self.max_response_tokens,
+            context_budget=self.context_budget,
+            max_turns=self.max_turns,
+            max_total_tokens=self.max_total_tokens,
+            max_compactions=self.max_compactions,
+            compaction=self.compaction.to_compaction_config(),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_concurrent=self.max_concurrent,
+        )
+
+
+@dataclass(frozen=True)
+class PPOSection(_Section):
+    """PPO with a critic: episode-level skip-observation GAE and a token-level loss (docs/algorithms.md).
+
+    Attributes:
+        gamma: discount per policy token, in [0, 1].
+        critic_lam: GAE lambda of the critic's targets (returns), in [0, 1]; 1: Monte-Carlo targets.
+        actor_lam: GAE lambda of the policy's advantages: a number in [0, 1], or ``adaptive`` for VAPO's
+            length-adaptive ``1 - 1/(alpha * l)``, l the episode's policy tokens (decoupled lambda).
+        alpha: the ``alpha`` of the length-adaptive lambda, > 0 (used when ``actor_lam`` is adaptive).
+        gae_mode: ``episode`` (GAE chained across an episode's sub-traces) or ``local`` (each sub-trace
+            alone, scaled by (gamma*lam)^(policy tokens after it)).
+        truncation: a truncated episode ``bootstrap``s from the value at its last policy token, or is
+            dropped from the loss (``mask``).
+        whiten_advantages: whiten the advantages over the batch's policy tokens before the loss.
+        whiten_shift_mean: when whitening, subtract the mean (false: rescale only, keeping signs).
+        value_pretrain_steps: critic-only iterations before the first policy update (the initial
+            policy samples, the critic trains); not counted in ``run.iterations``.
+        critic_updates: critic updates (passes over the batch's mini-batches) per iteration.
+        epochs: passes of policy updates over each iteration's batch.
+        minibatches: mini-batches per epoch (one optimiser step each); at most the episodes per iteration.
+        clip_low: the ratio's lower clip is 1 - clip_low, in [0, 1).
+        clip_high: the ratio's upper clip is 1 + clip_high, >= 0 (above clip_low: clip-higher, DAPO).
+        dual_clip: null, or a number > 1 that caps a negative-advantage token's loss at dual_clip * |A|.
+        value_clip: null, or a number > 0 bounding how far one update moves a value from the one GAE used.
+        value_coef: weight of the value loss with a ``shared`` critic (one backbone, one loss), > 0.
+        kl_beta: weight of the KL to the frozen reference policy, >= 0; 0: off, no reference loaded.
+        kl_kind: the KL estimator: ``k1``, ``k2`` or ``k3``.
+        kl_penalty: where the KL acts: ``loss`` (a loss term) or ``reward`` (a per-token reward penalty
+            before GAE).
+        k3_max: per-token cap on the k3 estimator; null: no cap.
+        aggregation: how per-token losses become one: ``token-mean`` (the global token normaliser),
+            ``seq-mean-token-mean``, ``seq-mean-token-sum`` or ``seq-mean-token-sum-norm``.
+        horizon: the constant normaliser of ``seq-mean-token-sum-norm``; null: ``rollout.context_budget``.
+    """
+
+    SECTION: ClassVar[str] = "ppo"
+    gamma: float = 1.0
+    critic_lam: float = 1.0
+    actor_lam: float | Literal["adaptive"] = "adaptive"
+    alpha: float = 1.5
+    gae_mode: GAEMode = "episode"
+    truncation: Truncation = "bootstrap"
+    whiten_advantages: bool = False
+    whiten_shift_mean: bool = True
+    value_pretrain_steps: int = 0
+    critic_updates: int = 1
+    epochs: int = 1
+    minibatches: int = 1
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = None
+    value_clip: float | None = 0.2
+    value_coef: float = 0.5
+    kl_beta: float = 0.0
+    kl_kind: KLKind = "k3"
+    kl_penalty: Literal["loss", "reward"] = "loss"
+    k3_max: float | None = 10.0
+    aggregation: Aggregation = "token-mean"
+    horizon: int | None = None
+
+    def _validate(self) -> None:
+        self._check("gamma", 0 <= self.gamma <= 1, "a number in [0, 1]")
+        self._check("critic_lam", 0 <= self.critic_lam <= 1, "a number in [0, 1]")
+        self._check("actor_lam", self.actor_lam == "adaptive" or 0 <= self.actor_lam <= 1,  # type: ignore[operator]
+                    "a number in [0, 1] or 'adaptive'")
+        self._check("alpha", self.alpha > 0, "a number > 0")
+        self._check("value_pretrain_steps", self.value_pretrain_steps >= 0, "an int >= 0")
+        self._check("critic_updates", self.critic_updates >= 1, "an int >= 1")
+        _check_policy_fields(self)
+        self._check("value_clip", self.value_clip is None or self.value_clip > 0, "null or a number > 0")
+        self._check("value_coef", self.value_coef > 0, "a number > 0")
+
+    @property
+    def uses_kl(self) -> bool:
+        """Whether a KL term is on (and so a reference model is needed)."""
+        return self.kl_beta > 0
+
+
+@dataclass(frozen=True)
+class GRPOSection(_Section):
+    """GRPO: group-normalised episode rewards broadcast to every policy token, no critic.
+
+    Attributes:
+        eps: added to the group's std, > 0.
+        scale_by_std: divide by the group's std (GRPO) or not (Dr. GRPO).
+        epochs: passes of policy updates over each iteration's batch.
+        minibatches: mini-batches per epoch (one optimiser step each); at most the episodes per iteration.
+        clip_low: the ratio's lower clip is 1 - clip_low, in [0, 1).
+        clip_high: the ratio's upper clip is 1 + clip_high, >= 0.
+        dual_clip: null, or a number > 1 that caps a negative-advantage token's loss at dual_clip * |A|.
+        kl_beta: weight of the KL loss term to the frozen reference policy, >= 0; 0: off, no reference.
+        kl_kind: the KL estimator: ``k1``, ``k2`` or ``k3`` (GRPO's).
+        k3_max: per-token cap on the k3 estimator; null: no cap.
+        aggregation: ``token-mean``, ``seq-mean-token-mean`` (the original GRPO), ``seq-mean-token-sum``
+            or ``seq-mean-token-sum-norm`` (Dr. GRPO).
+        horizon: the constant normaliser of ``seq-mean-token-sum-norm``; null: ``rollout.context_budget``.
+    """
+
+    SECTION: ClassVar[str] = "grpo"
+    eps: float = 1e-6
+    scale_by_std: bool = True
+    epochs: int = 1
+    minibatches: int = 1
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = None
+    kl_beta: float = 0.04
+    kl_kind: KLKind = "k3"
+    k3_max: float | None = 10.0
+    aggregation: Aggregation = "token-mean"
+    horizon: int | None = None
+
+    def _validate(self) -> None:
+        self._check("eps", self.eps > 0, "a number > 0")
+        _check_policy_fields(self)
+
+    @property
+    def uses_kl(self) -> bool:
+        """Whether a KL term is on (and so a reference model is needed)."""
+        return self.kl_beta > 0
+
+
+@dataclass(frozen=True)
+class OptimSection(_Section):
+    """The optimisers (AdamW) and the micro-batch size.
+
+    Attributes:
+        actor_lr: the policy's learning rate, > 0.
+        critic_lr: the critic's learning rate, > 0 (the separate critic, or the value head when shared).
+        betas: AdamW's two betas, each in [0, 1).
+        eps: AdamW's epsilon, > 0.
+        weight_decay: AdamW's decoupled weight decay, >= 0.
+        grad_clip: clip each model's gradient to this global norm, > 0; null: no clipping.
+        micro_batch_tokens: the most tokens (padding included) of one forward/backward; gradients are
+            accumulated over micro-batches with the mini-batch's global normaliser. At least
+            ``rollout.context_budget``, so a sub-trace always fits.
+    """
+
+    SECTION: ClassVar[str] = "optim"
+    actor_lr: float = 1e-6
+    critic_lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    micro_batch_tokens: int = 4096
+
+    def _validate(self) -> None:
+        self._check("actor_lr", self.actor_lr > 0, "a number > 0")
+        self._check("critic_lr", self.critic_lr > 0, "a number > 0")
+        self._check("betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
+        self._check("eps", self.eps > 0, "a number > 0")
+        self._check("weight_decay", self.weight_decay >= 0, "a number >= 0")
+        self._check("grad_clip", self.grad_clip is None or self.grad_clip > 0, "null or a number > 0")
+        self._check("micro_batch_tokens", self.micro_batch_tokens >= 1, "an int >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """Everything ``agentrl train`` needs; one section per concern.
+
+    Attributes:
+        run: name, seed, iterations, checkpoints, directory.
+        model: the policy model, its dtype and device, and the critic's kind.
+        env: the environment and its options.
+        rollout: tasks and episodes per iteration, budgets, sampling, compaction.
+        algorithm: ``ppo`` or ``grpo``; the section of that name is the one used.
+        ppo: PPO's settings (used when ``algorithm`` is ppo).
+        grpo: GRPO's settings (used when ``algorithm`` is grpo).
+        optim: optimisers and micro-batch size.
+    """
+
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    env: EnvSection = field(default_factory=EnvSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    algorithm: Literal["ppo", "grpo"] = "ppo"
+    ppo: PPOSection = field(default_factory=PPOSection)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+
+    def _validate(self) -> None:
+        rollout, algo = self.rollout, self.algorithm_section
+        if self.algorithm == "grpo":
+            _require(rollout.group_size >= 2, "rollout.group_size",
+                     "an int >= 2 with algorithm grpo (it compares the episodes of one task)",
+                     rollout.group_size)
+        episodes = rollout.episodes_per_iteration
+        _require(algo.minibatches <= episodes, f"{self.algorithm}.minibatches",
+                 f"at most the {episodes} episodes per iteration (rollout.tasks_per_iteration * "
+                 "rollout.group_size)", algo.minibatches)
+        _require(self.optim.micro_batch_tokens >= rollout.context_budget, "optim.micro_batch_tokens",
+                 f"at least rollout.context_budget = {rollout.context_budget} (a micro-batch holds whole "
+                 "sub-traces)", self.optim.micro_batch_tokens)
+
+    @property
+    def algorithm_section(self) -> PPOSection | GRPOSection:
+        """The section of the chosen algorithm."""
+        return self.ppo if self.algorithm == "ppo" else self.grpo
+
+    @property
+    def needs_critic(self) -> bool:
+        """PPO trains a critic; GRPO has none."""
+        return self.algorithm == "ppo"
+
+    @property
+    def needs_reference(self) -> bool:
+        """A frozen reference model is loaded only when the chosen algorithm's KL term is on."""
+        return self.algorithm_section.uses_kl
+
+    @property
+    def horizon(self) -> int:
+        """The normaliser of ``seq-mean-token-sum-norm``: the section's ``horizon`` or the context budget."""
+        return self.algorithm_section.horizon or self.rollout.context_budget
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the run writes (``run.dir``)."""
+        return self.run.dir
+
+    def to_runner_config(self) -> RunnerConfig:
+        """The ``agentrl.runner.RunnerConfig`` of the rollout section."""
+        return self.rollout.to_runner_config()
+
+
+# ----------------------------------------------------------------------------------------------------
+# YAML in and out.
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-6``), and no duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may be overridden below it
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str, what: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: invalid YAML: {e}") from None
+
+
+def _read_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config: no such file {str(p)!r}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config: cannot read {str(p)!r}: {e}") from None
+    data = _parse_yaml(text, f"config {str(p)!r}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {str(p)!r}: expected a mapping of sections, got {_show(data)}")
+    return data
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``--set a.b=value`` to the raw mapping ``data``; the value is read as one YAML value."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set: expected section.key=value (ppo.gamma=0.99), got {item!r}")
+    value = _parse_yaml(raw, f"--set {key}")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: expected a mapping, got {_show(child)}")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read the YAML file ``path`` (None: all defaults), apply ``overrides`` in order, and build and check
+    the config. Raises ``ConfigError`` (a ValueError, one line) on a missing file, bad YAML, an unknown
+    key or a bad value."""
+    data = _read_file(path) if path is not None else {}
+    for item in overrides:
+        apply_override(data, item)
+    return _from_mapping(TrainConfig, data, "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config (or one section) as plain YAML-ready data: sections as dicts, tuples as lists."""
+
+    def plain(value: Any) -> Any:
+        if is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(cfg)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text; ``load_config`` reads it back to an equal config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write ``dump_config(cfg)`` to ``path`` (creating its directory) and return the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("# The resolved config of this run (agentrl.config.dump_config).\n" + dump_config(cfg))
+    return p
