@@ -49,6 +49,7 @@ from agentrl.types import Message
 MODEL_INFO_FILE = "agentrl_model.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 MAX_POSITIONS = 32768
+CORPUS_ENVS = ("arithmetic", "graph_nav", "ledger")  # the default tokenizer's corpus (see build_corpus)
 
 
 @dataclass(frozen=True)
@@ -177,15 +178,17 @@ def expert_conversation(env: Any, *, seed: int, max_turns: int) -> tuple[list[Me
 def build_corpus(
     env_names: Sequence[str] | None = None, *, seeds: Sequence[int] = (0, 1, 2), max_turns: int = 60
 ) -> list[str]:
-    """Text to train the default tokenizer on: expert episodes of the registered environments, rendered.
+    """Text to train the default tokenizer on: expert episodes of environments, rendered.
 
-    Each environment (all registered ones when ``env_names`` is None) is made with its default options
-    and played by its expert from each seed; each episode is rendered through ``CHAT_TEMPLATE`` into one
-    text. Needs ``agentrl.registry`` and the built-in environments; there is no fallback corpus.
+    Each environment (``CORPUS_ENVS`` when ``env_names`` is None) is made with its default options and
+    played by its expert from each seed; each episode is rendered through ``CHAT_TEMPLATE`` into one text,
+    followed by a compaction as the runner writes it. The default list is fixed, not "whatever is
+    registered", so the default tokenizer is the same on every machine: it leaves out the ``gym`` adapter,
+    whose gymnasium dependency is optional, and any environment a user registers.
     """
-    from agentrl.registry import list_envs, make
+    from agentrl.registry import make
 
-    names = [name for name, _ in list_envs()] if env_names is None else list(env_names)
+    names = list(CORPUS_ENVS) if env_names is None else list(env_names)
     if not names:
         raise ValueError("env_names: no environments to build the corpus from")
     if not seeds:

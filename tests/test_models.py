@@ -44,13 +44,13 @@ def reloaded_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def test_corpus_covers_every_registered_env_with_tool_calls(corpus: list[str]) -> None:
+def test_corpus_covers_the_corpus_envs_with_tool_calls_and_a_compaction(corpus: list[str]) -> None:
     from agentrl.compaction import SUMMARY_HEADER, SUMMARY_REQUEST
-    from agentrl.registry import list_envs
+    from agentrl.models import CORPUS_ENVS
 
     # per env and seed: the expert's conversation, then a compaction as the runner writes it
     conversations, compactions = corpus[0::2], corpus[1::2]
-    assert len(conversations) == len(compactions) == len(list_envs())
+    assert len(conversations) == len(compactions) == len(CORPUS_ENVS)
     assert all(text.startswith("<|im_start|>system\n") for text in conversations)
     assert any("<tool_call>" in text and "<tool_response>" in text for text in conversations)
     assert all(SUMMARY_REQUEST in text and SUMMARY_HEADER in text for text in compactions)
@@ -212,3 +212,17 @@ def test_load_model_refuses_a_directory_without_a_tokenizer(tmp_path: Path, mode
     with pytest.raises(ModelLoadError, match="no tokenizer") as err:
         load_model(bare)
     _assert_one_line_naming(err, bare)
+
+
+def test_init_model_works_without_the_optional_gymnasium(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['gymnasium'] = None\n"  # import gymnasium now raises ImportError
+        "from agentrl.models import init_model\n"
+        f"init_model({str(tmp_path / 'm')!r}, size='tiny')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "m" / "config.json").is_file()
