@@ -97,6 +97,17 @@ def _runner_config(args: argparse.Namespace, compaction: object):
     )
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agentrl.train import config_for, train
+
+    cfg = config_for(
+        args.config, args.set, iterations=args.iterations, run_dir=args.run_dir, resume=args.resume
+    )
+    run_dir = train(cfg, resume=args.resume is not None, progress=not args.quiet)
+    print(f"run written to {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-parser per command."""
     parser = argparse.ArgumentParser(
@@ -133,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="episodes.jsonl", help="where to write the episodes (JSONL)")
     ev.set_defaults(func=_cmd_eval)
+
+    tr = commands.add_parser("train", help="train a policy with PPO or GRPO from a YAML config")
+    tr.add_argument("--config", help="a YAML config (see examples/*.yaml and agentrl/config.py)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. ppo.clip_high=0.3; repeatable")
+    tr.add_argument("--iterations", type=int, help="override run.iterations")
+    tr.add_argument("--run-dir", help="override run.run_dir (default runs/<run.name>)")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    tr.add_argument("--quiet", action="store_true", help="no progress line")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -12,7 +12,7 @@ This module imports no torch.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from agentrl.types import Episode, SubTrace
@@ -32,15 +32,31 @@ def policy_segments(sub_trace: SubTrace) -> list[list[int]]:
 
 
 def save_episodes(
-    path: str | Path, episodes: Iterable[Episode], *, decode: Callable[[Sequence[int]], str] | None = None
+    path: str | Path,
+    episodes: Iterable[Episode],
+    *,
+    decode: Callable[[Sequence[int]], str] | None = None,
+    token_fields: Mapping[str, Sequence[Sequence[Sequence[float]]]] | None = None,
 ) -> int:
-    """Write ``episodes`` as JSONL to ``path`` (parents created); return how many were written."""
+    """Write ``episodes`` as JSONL to ``path`` (parents created); return how many were written.
+
+    ``token_fields`` adds per-token values computed after the rollout (``{"advantages": ...}``): for each
+    name, one list per episode of one list per sub-trace, as long as its tokens. They are written into
+    each sub-trace's record; ``load_episodes`` ignores them.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     count = 0
+    fields = dict(token_fields or {})
     with p.open("w", encoding="utf-8") as f:
-        for episode in episodes:
+        for e, episode in enumerate(episodes):
             record = episode.to_dict()
+            for name, values in fields.items():
+                for d, st, tokens in zip(record["sub_traces"], episode.sub_traces, values[e], strict=True):
+                    if len(tokens) != st.num_tokens:
+                        raise ValueError(f"token_fields[{name!r}]: episode {e} has a sub-trace of "
+                                         f"{st.num_tokens} tokens, got {len(tokens)} values")
+                    d[name] = [float(v) for v in tokens]
             if decode is not None:
                 for d, st in zip(record["sub_traces"], episode.sub_traces, strict=True):
                     d["text"] = decode(st.token_ids)
