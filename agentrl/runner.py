@@ -54,7 +54,8 @@ from agentrl.sampling import Generation, Sampler, SamplingParams
 from agentrl.types import Episode, Message, SubTrace
 
 TRUNCATION_REASONS = (
-    "max_turns", "max_total_tokens", "max_compactions", "context_full", "env_truncated", "env_error"
+    "max_turns", "max_total_tokens", "max_compactions", "context_full", "env_truncated", "env_error",
+    "no_expert",
 )
 
 
@@ -245,14 +246,32 @@ class Runner:
     # ---- the loop ---------------------------------------------------------------------------------------
 
     def run(
-        self, make_env: Callable[[], Env], tasks: Sequence[Task], *, seed: int | None = None
+        self,
+        make_env: Callable[[], Env],
+        tasks: Sequence[Task],
+        *,
+        seed: int | None = None,
+        teacher: bool = False,
     ) -> RunResult:
         """Run every task to its end; ``make_env`` builds an environment when no free one is left.
 
         ``seed`` seeds the sampling draws (None: fresh ones). Environments are reused across tasks (each
         task resets one), so about ``max_concurrent`` are built; one whose ``reset`` or ``step`` raised
         is dropped and replaced.
+
+        ``teacher=True`` plays the environments' experts instead of the model, through exactly the same
+        token stream, budgets and compaction: an action is ``expert_action()``, a ``policy`` summary is
+        ``state_digest()``, each encoded and closed with the stop token, with log-prob 0 (they were not
+        sampled). The sampler is not used. An episode whose expert has no action (None) ends truncated
+        with reason ``no_expert``. The episodes are demonstrations for a supervised warm start.
         """
+        if teacher:
+            return Runner(_NoSampler(), self.chat, self.config)._loop(make_env, tasks, seed, teacher=True)
+        return self._loop(make_env, tasks, seed, teacher=False)
+
+    def _loop(
+        self, make_env: Callable[[], Env], tasks: Sequence[Task], seed: int | None, *, teacher: bool
+    ) -> RunResult:
         cfg = self.config
         rng = random.Random(seed)
         queue = deque(enumerate(tasks))
@@ -279,8 +298,14 @@ class Runner:
                     continue
                 params = self._params(phase, rng)
                 assert all(r.window is not None for r in batch)
-                gens = self.sampler.generate([r.window.session for r in batch], params)  # type: ignore[union-attr]
+                if teacher:
+                    gens: list[Generation | None] = [self._teach(r, params) for r in batch]
+                else:
+                    gens = list(self.sampler.generate([r.window.session for r in batch], params))  # type: ignore[union-attr]
                 for run, gen in zip(batch, gens, strict=True):
+                    if gen is None:
+                        self._end(run, "truncated", "env_error" if "env_error" in run.info else "no_expert")
+                        continue
                     sampled_tokens += len(gen.token_ids)
                     self._on_generation(run, gen)
             for run in [r for r in active if r.phase == "done"]:
@@ -302,6 +327,20 @@ class Runner:
             stop_token_ids=self.chat.stop_token_ids,
             seed=rng.randrange(2**31),
         )
+
+    def _teach(self, run: _Run, params: SamplingParams) -> Generation | None:
+        """The expert's action (or, summarising, the state digest) as a generation; None: no action."""
+        try:
+            text = run.env.expert_action() if run.phase == "act" else (run.env.state_digest() or "")
+        except Exception as e:  # noqa: BLE001 - a broken expert ends its episode, not the run
+            run.info["env_error"] = f"{type(e).__name__}: {e}"
+            return None
+        if not isinstance(text, str):
+            return None
+        ids = [*self.chat.encode(text), self.chat.im_end_id]
+        cut = len(ids) > params.max_new_tokens
+        ids = ids[: params.max_new_tokens]
+        return Generation(tuple(ids), (0.0,) * len(ids), "length" if cut else "stop")
 
     # ---- phases -----------------------------------------------------------------------------------------
 
@@ -494,6 +533,26 @@ class Runner:
             num_tool_errors=run.num_tool_errors,
             info=info,
         )
+
+
+class _NoSampler:
+    """Sessions without a model, for teacher mode: ``open`` numbers them, nothing is ever encoded."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def open(self, prompt_ids: Sequence[int]) -> int:
+        self._next += 1
+        return self._next
+
+    def append(self, session: int, token_ids: Sequence[int]) -> None:
+        pass
+
+    def generate(self, sessions: Sequence[int], params: SamplingParams) -> list[Generation]:
+        raise RuntimeError("teacher mode never samples")
+
+    def close(self, session: int) -> None:
+        pass
 
 
 def run_metrics(

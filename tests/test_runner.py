@@ -525,3 +525,36 @@ def test_same_seed_gives_identical_episodes(tiny: Tiny) -> None:
     assert [e.sub_traces[0].token_ids for e in other.result.episodes] != [
         e.sub_traces[0].token_ids for e in first.result.episodes
     ]
+
+
+# ---- 5. teacher mode: the experts' demonstrations through the same token stream -----------------------
+
+
+@pytest.mark.parametrize("strategy", ["policy", "env", "keep_last"])
+def test_teacher_mode_records_the_experts_actions_and_summaries(tiny: Tiny, strategy: str) -> None:
+    from agentrl.registry import make
+
+    config = RunnerConfig(
+        max_response_tokens=48, context_budget=900, max_turns=200, max_compactions=50,
+        compaction=CompactionConfig(strategy, keep_last_turns=1, max_summary_tokens=64),
+    )
+    runner = Runner(TorchSampler(tiny.model), tiny.chat, config)
+    result = runner.run(lambda: make("graph_nav", size="small"), [Task(s, str(s)) for s in range(4)],
+                        teacher=True)
+    assert len(result.episodes) == 4 and all(e.info["success"] for e in result.episodes)
+    assert sum(e.num_compactions for e in result.episodes) > 0  # the small window forces compactions
+    for episode in result.episodes:
+        seed = int(episode.task_id.split(":")[1])
+        expert = make("graph_nav", size="small")
+        expert.reset(seed=seed)
+        actions = []
+        while True:  # the expert's own actions, replayed without the runner
+            action = expert.expert_action()
+            actions.append(action)
+            if expert.step(action).terminated:
+                break
+        segments = [tiny.chat.decode(seg) for st in episode.sub_traces for seg in policy_segments(st)]
+        turns = [s for s in segments if "<tool_call>" in s]  # summaries are plain text
+        assert turns == [f"{a}<|im_end|>" for a in actions]
+        assert len(segments) - len(turns) == (episode.num_compactions if strategy == "policy" else 0)
+        assert all(lp == 0.0 for st in episode.sub_traces for lp in st.logprobs if lp is not None)
