@@ -72,6 +72,7 @@ from agentrl.batch import (
     evaluate_logprobs,
     evaluate_values,
     pack,
+    padding_fraction,
     policy_logprobs,
     policy_row_count,
     policy_token_count,
@@ -296,7 +297,8 @@ class Learner:
         step_meter = _Meter()
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for mb in pack(rows, max_tokens=self.cfg.optim.micro_batch_tokens):
+        micro_batches = pack(rows, max_tokens=self.cfg.optim.micro_batch_tokens)
+        for mb in micro_batches:
             batch = collate(rows, mb.indices, pad_id=self.pad_id).to(self.device)
             loss = micro_loss(batch, step_meter)
             finite &= torch.isfinite(loss.detach())
@@ -315,6 +317,7 @@ class Learner:
         for _, _, optimizer in models:
             optimizer.step()
         step_meter.add(f"{models[0][0]}/loss", total)
+        step_meter.add("perf/padding_fraction", torch.tensor(padding_fraction(micro_batches)))
         for name, norm in norms.items():
             step_meter.add(f"grad_norm/{name}", norm)
         meter.merge(step_meter)
