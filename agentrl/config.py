@@ -216,6 +216,10 @@ class RunSection(_Section):
         checkpoint_every: save a checkpoint every this many iterations; 0: none but the final one (the
             last iteration always saves one).
         run_dir: the run's directory; null: ``runs/<name>`` (the ``dir`` property resolves it).
+        max_env_steps: a budget in environment steps (policy turns, summed over every episode of every
+            iteration, ``rollout/env_steps``): the run stops after the iteration that reaches it, and
+            checkpoints there; null: no budget, ``iterations`` alone decides. ``agentrl compare`` gives
+            every run the same budget.
     """
 
     SECTION: ClassVar[str] = "run"
@@ -224,6 +228,7 @@ class RunSection(_Section):
     iterations: int = 100
     checkpoint_every: int = 10
     run_dir: str | None = None
+    max_env_steps: int | None = None
 
     def _validate(self) -> None:
         self._check("name", _NAME_RE.fullmatch(self.name) is not None,
@@ -232,6 +237,8 @@ class RunSection(_Section):
         self._check("iterations", self.iterations >= 1, "an int >= 1")
         self._check("checkpoint_every", self.checkpoint_every >= 0, "an int >= 0")
         self._check("run_dir", self.run_dir is None or self.run_dir.strip() != "", "null or a non-empty path")
+        self._check("max_env_steps", self.max_env_steps is None or self.max_env_steps >= 1,
+                    "null or an int >= 1")
 
     @property
     def dir(self) -> Path:

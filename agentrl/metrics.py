@@ -56,6 +56,8 @@ ROLLOUT_TERMINATED = "rollout/terminated"
 ROLLOUT_TOKENS = "rollout/tokens"
 ROLLOUT_POLICY_TOKENS = "rollout/policy_tokens"
 ROLLOUT_TRUNCATED = {reason: f"rollout/truncated_{reason}" for reason in TRUNCATION_REASONS}
+# The run's environment steps so far (agentrl.train; the budget run.max_env_steps counts them).
+ROLLOUT_ENV_STEPS = "rollout/env_steps"
 
 # Policy update (means over the iteration's mini-batches).
 POLICY_LOSS = "policy/loss"
@@ -83,6 +85,7 @@ PHASES = ("rollout", "advantages", "critic", "policy", "checkpoint")
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
 PERF_SECONDS = {phase: f"perf/seconds_{phase}" for phase in PHASES}
 PERF_PEAK_MEMORY_MB = "perf/peak_memory_mb"
+PERF_PADDING_FRACTION = "perf/padding_fraction"
 
 # Optimisation health.
 SKIPPED_UPDATES = "skipped_updates"
@@ -93,11 +96,11 @@ ALL_KEYS: tuple[str, ...] = (
     ROLLOUT_EPISODES, ROLLOUT_FAILED_TASKS, ROLLOUT_SUCCESS_RATE, ROLLOUT_REWARD_MEAN, ROLLOUT_REWARD_STD,
     ROLLOUT_TURNS_MEAN, ROLLOUT_SUB_TRACES_MEAN, ROLLOUT_COMPACTIONS_MEAN, ROLLOUT_TOOL_ERRORS_MEAN,
     ROLLOUT_TOOL_ERRORS, ROLLOUT_CUT_RESPONSES, ROLLOUT_CUT_SUMMARIES, ROLLOUT_TERMINATED, ROLLOUT_TOKENS,
-    ROLLOUT_POLICY_TOKENS, *ROLLOUT_TRUNCATED.values(),
+    ROLLOUT_POLICY_TOKENS, *ROLLOUT_TRUNCATED.values(), ROLLOUT_ENV_STEPS,
     POLICY_LOSS, POLICY_CLIP_FRAC, POLICY_APPROX_KL, POLICY_ENTROPY, POLICY_KL, POLICY_DUAL_CLIP_FRAC,
     POLICY_RATIO_MEAN, CRITIC_LOSS, CRITIC_EXPLAINED_VARIANCE, CRITIC_CLIP_FRAC, CRITIC_VALUE_MEAN,
     CRITIC_RETURN_MEAN, CRITIC_PRETRAINING, ADV_MEAN, ADV_STD,
-    PERF_TOKENS_PER_S, *PERF_SECONDS.values(), PERF_PEAK_MEMORY_MB,
+    PERF_TOKENS_PER_S, *PERF_SECONDS.values(), PERF_PEAK_MEMORY_MB, PERF_PADDING_FRACTION,
     SKIPPED_UPDATES, GRAD_NORM_POLICY, GRAD_NORM_CRITIC,
 )
 
@@ -188,22 +191,62 @@ def _cuda_synchronize() -> None:
 
 def peak_memory_mb(device: Any = None) -> float:
     """Peak memory in MiB: on a CUDA device, ``torch.cuda.max_memory_allocated`` (tensors, since the
-    start or the last ``reset_peak_memory_stats``); on the CPU, the process's peak resident set size
-    (``getrusage`` maxrss, since the process started). ``device`` None: CUDA when available. NaN where
+    start or the last ``reset_peak_memory``); on the CPU, the process's peak resident set size (Linux:
+    ``VmHWM`` of ``/proc/self/status``, since the start or the last ``reset_peak_memory``; elsewhere
+    ``getrusage`` maxrss, since the process started). ``device`` None: CUDA when available. NaN where
     the platform cannot tell (no ``resource`` module)."""
     import torch
 
-    dev = torch.device(device) if device is not None else None
-    if dev is None and torch.cuda.is_available():
-        dev = torch.device("cuda")
+    dev = _memory_device(device)
     if dev is not None and dev.type == "cuda":
         return torch.cuda.max_memory_allocated(dev) / 2**20
+    hwm = _proc_status_kib("VmHWM")
+    if hwm is not None:
+        return hwm / 2**10
     try:
         import resource
     except ImportError:
         return math.nan
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_memory(device: Any = None) -> None:
+    """Start ``peak_memory_mb``'s count again from now, so that several runs in one process (``agentrl
+    compare``) each measure their own peak: ``torch.cuda.reset_peak_memory_stats`` on a CUDA device; on
+    Linux, writing 5 to ``/proc/self/clear_refs`` resets the resident-set high-water mark to the current
+    resident set. Elsewhere nothing can be reset and the peak stays the process's."""
+    import torch
+
+    dev = _memory_device(device)
+    if dev is not None and dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _memory_device(device: Any) -> Any:
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda") if torch.cuda.is_available() else None
+
+
+def _proc_status_kib(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -311,7 +354,20 @@ def _summary_writer(log_dir: Path, resume_from_iteration: int | None) -> Any:
             _TB_WARNED = True
         return None
     purge = None if resume_from_iteration is None else resume_from_iteration + 1
+    if purge is not None:
+        _wait_past_event_files(log_dir)
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge)
+
+
+def _wait_past_event_files(log_dir: Path) -> None:
+    """Wait until the clock's second is past every event file's in ``log_dir``. TensorBoard reads the
+    files in name order, ``events.out.tfevents.<second>.<host>.<pid>.<n>``, with ``n`` a counter of the
+    process: within one second a writer numbered 10 would sort before one numbered 9, and the purge
+    (which must come after the old events) would be read first and purge nothing."""
+    seconds = [int(p.name.split(".")[3]) for p in log_dir.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

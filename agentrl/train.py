@@ -16,6 +16,11 @@ One iteration (``run_iteration``):
 4. **Log** the metrics (``metrics.jsonl``, TensorBoard, a progress line; keys in docs/metrics.md) and
    **checkpoint** every ``run.checkpoint_every`` iterations and at the end.
 
+The run ends after ``run.iterations`` (plus PPO's pre-training iterations) or, with a budget
+``run.max_env_steps``, after the iteration whose rollout brings the run's environment steps
+(``rollout/env_steps``: policy turns over all episodes so far) to the budget, whichever comes first;
+it checkpoints at that last iteration.
+
 Everything random is derived from ``run.seed`` and the iteration number (task seeds, sampling, the
 learner's mini-batch order), and a checkpoint holds the weights, the optimiser states and every RNG
 state, so a run stopped after iteration k and resumed gives the same iterations k+1.. as one that never
@@ -52,7 +57,16 @@ from agentrl.critic import (
 )
 from agentrl.episodes import save_episodes
 from agentrl.learner import Learner, batch_metrics
-from agentrl.metrics import MetricsLogger, PhaseTimer, peak_memory_mb, rollout_metrics
+from agentrl.metrics import (
+    ROLLOUT_ENV_STEPS,
+    ROLLOUT_EPISODES,
+    ROLLOUT_TURNS_MEAN,
+    MetricsLogger,
+    PhaseTimer,
+    peak_memory_mb,
+    read_metrics,
+    rollout_metrics,
+)
 from agentrl.models import init_model, load_model
 from agentrl.registry import make
 from agentrl.rollout import TorchSampler
@@ -78,10 +92,17 @@ class Trainer:
     chat: ChatFormat
     logger: MetricsLogger
     iteration: int  # the last iteration finished
+    env_steps: int = 0  # environment steps (policy turns) of every episode so far
 
     @property
     def total_iterations(self) -> int:
         return total_iterations(self.cfg)
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the run has taken its ``run.max_env_steps`` environment steps."""
+        budget = self.cfg.run.max_env_steps
+        return budget is not None and self.env_steps >= budget
 
 
 def total_iterations(cfg: TrainConfig) -> int:
@@ -94,7 +115,8 @@ def _seed(cfg: TrainConfig, iteration: int, stream: int) -> int:
     return random.Random(f"{cfg.run.seed}:{iteration}:{stream}").randrange(2**31)
 
 
-def _device(name: str) -> torch.device:
+def device_for(name: str) -> torch.device:
+    """The torch device of ``model.device`` (``auto``: cuda when there is one, else cpu)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -124,7 +146,8 @@ def _initial_model_dir(cfg: TrainConfig, run_dir: Path) -> Path:
     return out
 
 
-def _load_policy(path: Path, cfg: TrainConfig, device: torch.device) -> tuple[Any, Any]:
+def load_policy(path: Path, cfg: TrainConfig, device: torch.device) -> tuple[Any, Any]:
+    """The policy and tokenizer in ``path``, in ``model.dtype`` on ``device``, in eval mode."""
     policy, tokenizer = load_model(path, dtype=DTYPES[cfg.model.dtype])
     return policy.to(device).eval(), tokenizer  # eval: no dropout, so the first ratio is exactly 1
 
@@ -147,7 +170,7 @@ def _critic(cfg: TrainConfig, policy: Any, checkpoint: Path | None) -> Any | Non
 def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     """A fresh run in ``cfg.run_dir``, or (``resume``) the run there from its latest checkpoint."""
     run_dir = cfg.run_dir
-    device = _device(cfg.model.device)
+    device = device_for(cfg.model.device)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         raise ValueError(f"--resume: {run_dir} has no complete checkpoint to resume from")
@@ -160,11 +183,11 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     torch.manual_seed(cfg.run.seed)
 
     initial = _initial_model_dir(cfg, run_dir)
-    policy, tokenizer = _load_policy(checkpoint / "policy" if checkpoint else initial, cfg, device)
+    policy, tokenizer = load_policy(checkpoint / "policy" if checkpoint else initial, cfg, device)
     critic = _critic(cfg, policy, checkpoint)
     reference = None
     if cfg.needs_reference:  # the initial policy, frozen, whether or not the run resumes
-        reference = reference_from_policy(_load_policy(initial, cfg, device)[0])
+        reference = reference_from_policy(load_policy(initial, cfg, device)[0])
     learner = Learner(cfg, policy, critic=critic, reference=reference, seed=cfg.run.seed,
                       pad_id=tokenizer.pad_token_id or 0)
     iteration = 0
@@ -177,7 +200,10 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     runner = Runner(TorchSampler(policy), chat, cfg.to_runner_config())
     logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
                            resume_from_iteration=iteration if resume else None)
-    return Trainer(cfg, run_dir, policy, tokenizer, critic, learner, runner, chat, logger, iteration)
+    # the logger kept the records up to the checkpoint: they hold the environment steps so far
+    env_steps = sum(env_steps_of(record) for record in read_metrics(run_dir)) if resume else 0
+    return Trainer(cfg, run_dir, policy, tokenizer, critic, learner, runner, chat, logger, iteration,
+                   env_steps)
 
 
 # ---- one iteration ------------------------------------------------------------------------------------
@@ -238,6 +264,11 @@ def _per_episode(values: list[Any], episodes: list[Any]) -> list[list[list[float
     return out
 
 
+def env_steps_of(metrics: dict[str, Any]) -> int:
+    """One iteration's environment steps (policy turns over its episodes), from its rollout metrics."""
+    return round((metrics.get(ROLLOUT_TURNS_MEAN) or 0.0) * (metrics.get(ROLLOUT_EPISODES) or 0.0))
+
+
 def checkpoint(t: Trainer, iteration: int) -> Path:
     """Save the weights, the learner's optimisers and generator, and every RNG state, atomically."""
     return save_checkpoint(
@@ -247,12 +278,17 @@ def checkpoint(t: Trainer, iteration: int) -> Path:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) training to ``run.iterations``; returns the run directory."""
+    """Run (or resume) training to ``run.iterations``, or until ``run.max_env_steps`` environment steps
+    are spent; returns the run directory."""
     t = build(cfg, resume=resume, progress=progress)
     try:
         for iteration in range(t.iteration + 1, t.total_iterations + 1):
+            if t.budget_spent:  # a resumed run that had finished its budget
+                break
             metrics = run_iteration(t, iteration)
-            last = iteration == t.total_iterations
+            t.env_steps += env_steps_of(metrics)
+            metrics[ROLLOUT_ENV_STEPS] = float(t.env_steps)
+            last = iteration == t.total_iterations or t.budget_spent
             every = cfg.run.checkpoint_every
             if last or (every and iteration % every == 0):
                 timer = PhaseTimer()

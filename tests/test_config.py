@@ -245,6 +245,8 @@ RULES = [
     ("run.iterations=1.5", "run.iterations: expected an int, got 1.5"),
     ("run.checkpoint_every=-2", "run.checkpoint_every: expected an int >= 0, got -2"),
     ("run.run_dir=' '", "run.run_dir: expected null or a non-empty path, got ' '"),
+    ("run.max_env_steps=0", "run.max_env_steps: expected null or an int >= 1, got 0"),
+    ("run.max_env_steps=1.5", "run.max_env_steps: expected an int or null, got 1.5"),
     # model
     ("model.path=''", "model.path: expected null or a non-empty path, got ''"),
     ("model.init_size=huge", "model.init_size: expected one of 'tiny', 'small', got 'huge'"),

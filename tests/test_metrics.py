@@ -108,6 +108,22 @@ def test_tensorboard_events_and_purge_on_resume(tmp_path):
     assert _scalars(log_dir, "policy/loss") == [(1, 1.0), (2, 20.0)]
 
 
+def test_purge_on_resume_holds_when_the_writer_counter_gains_a_digit(tmp_path):
+    """Event files sort by name; in one second, a process's writer 10 would sort before its writer 9."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import event_file_writer
+
+    counter = event_file_writer._global_uid  # the next writer's number: move it (forward) to 9, 99, ...
+    counter._value = 10 ** len(str(counter._value)) - 1
+    run = tmp_path / "run"
+    with _logger(run, tensorboard=True) as logger:
+        logger.log(1, {"policy/loss": 1.0})
+        logger.log(2, {"policy/loss": 2.0})
+    with _logger(run, tensorboard=True, resume_from_iteration=1) as logger:
+        logger.log(2, {"policy/loss": 20.0})
+    assert _scalars(run / M.TENSORBOARD_DIR, "policy/loss") == [(1, 1.0), (2, 20.0)]
+
+
 def test_without_tensorboard_warns_once_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it raises ImportError
     monkeypatch.setattr(M, "_TB_WARNED", False)

@@ -14,7 +14,7 @@ from agentrl.checkpoint import latest_checkpoint, list_checkpoints
 from agentrl.cli import main
 from agentrl.critic import critic_from_policy, load_critic
 from agentrl.episodes import load_episodes
-from agentrl.metrics import read_metrics
+from agentrl.metrics import ALL_KEYS, read_metrics
 from agentrl.models import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +56,8 @@ def test_train_runs_and_every_trained_parameter_changes(tmp_path: Path, config: 
     for key in ROLLOUT_KEYS + POLICY_KEYS + PERF_KEYS + ((CRITIC_KEYS) if ppo else ()):
         assert key in last and last[key] is not None and math.isfinite(last[key]), key
     assert all(r["skipped_updates"] == 0 for r in records)
+    logged = {key for r in records for key in r} - {"iteration"}
+    assert logged <= set(ALL_KEYS), logged - set(ALL_KEYS)  # every logged key is in the glossary
 
     initial, _ = load_model(run / "initial_model")
     final = latest_checkpoint(run)
