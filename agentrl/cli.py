@@ -108,6 +108,74 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from agentrl.compare import compare
+
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    report = compare(
+        args.env, algos=algos, seeds=args.seeds, budget=args.budget, out=args.out, model=args.model,
+        config_dir=args.config_dir, overrides=args.set, variants=args.variant,
+        eval_episodes=args.eval_episodes, progress=not args.quiet,
+    )
+    print(f"report written to {report}")
+    return 0
+
+
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agentrl.compaction import CompactionConfig
+
+    compaction = CompactionConfig(strategy=args.compaction, keep_last_turns=args.keep_last,
+                                  max_summary_tokens=args.max_summary_tokens)
+    config = _runner_config(args, compaction)
+
+    from agentrl.sft import SFTSettings, warm_start
+
+    settings = SFTSettings(
+        env_name=args.env, options=dict(_parse_option(o) for o in args.env_option), out=Path(args.out),
+        model=None if args.model is None else Path(args.model), size=args.size, episodes=args.episodes,
+        epochs=args.epochs, lr=args.lr, seed=args.seed, eval_episodes=args.eval_episodes,
+    )
+    summary = warm_start(settings, config)
+    ev = summary["eval"]
+    if ev["episodes"]:
+        print(f"success on {ev['episodes']} held-out episodes: before {ev['success_before']:.3f}  "
+              f"after {ev['success_after']:.3f}")
+    print(f"wrote the fine-tuned model to {args.out}")
+    return 0
+
+
+def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
+    # The defaults are agentrl.sft's DEFAULT_* (a test checks it), written out so --help imports no torch.
+    sft = commands.add_parser("sft", help="fine-tune a model on an environment's expert episodes")
+    sft.add_argument("--env", required=True, help="a registered environment (see agentrl envs)")
+    sft.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an environment option; repeatable (values read as JSON when they parse)")
+    sft.add_argument("--model", help="a Hugging Face causal LM directory (default: a fresh default model)")
+    sft.add_argument("--size", default="tiny", help="the fresh default model's size: tiny or small")
+    sft.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    sft.add_argument("--episodes", type=int, default=32, help="expert demonstrations")
+    sft.add_argument("--epochs", type=int, default=8, help="passes over the demonstrations")
+    sft.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    sft.add_argument("--seed", type=int, default=0)
+    sft.add_argument("--eval-episodes", type=int, default=32,
+                     help="held-out episodes played before and after (0: no evaluation)")
+    sft.add_argument("--compaction", default="policy", help="policy, env, keep_last or none")
+    sft.add_argument("--keep-last", type=int, default=2, help="turns kept verbatim after a compaction")
+    sft.add_argument("--max-summary-tokens", type=int, default=128, help="the most tokens of a summary")
+    sft.add_argument("--max-response-tokens", type=int, default=128)
+    sft.add_argument("--context-budget", type=int, default=1024)
+    sft.add_argument("--max-turns", type=int, default=32)
+    sft.add_argument("--max-total-tokens", type=int, default=None)
+    sft.add_argument("--max-compactions", type=int, default=8)
+    sft.add_argument("--max-concurrent", type=int, default=64)
+    sft.add_argument("--temperature", type=float, default=1.0,
+                     help="the sampling temperature of the evaluation (and of the fitted distribution)")
+    sft.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass of the evaluation")
+    sft.set_defaults(func=_cmd_sft)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-parser per command."""
     parser = argparse.ArgumentParser(
@@ -154,6 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     tr.add_argument("--quiet", action="store_true", help="no progress line")
     tr.set_defaults(func=_cmd_train)
+
+    cmp = commands.add_parser("compare", help="train PPO and GRPO (and variants) on one budget; report")
+    cmp.add_argument("--env", required=True, help="environment; configs: <config-dir>/<algo>_<env>.yaml")
+    cmp.add_argument("--algos", default="ppo,grpo", help="comma-separated algorithms (default ppo,grpo)")
+    cmp.add_argument("--seeds", type=int, default=3, help="runs per arm, run.seed 0..K-1")
+    cmp.add_argument("--budget", type=int, default=1024, help="environment steps per run (run.max_env_steps)")
+    cmp.add_argument("--model", help="the starting model of every run (default: a fresh tiny model)")
+    cmp.add_argument("--config-dir", default="examples", help="where the <algo>_<env>.yaml configs are")
+    cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field of every run; repeatable")
+    cmp.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                     help="an extra arm <algo>+NAME with these overrides; repeatable")
+    cmp.add_argument("--eval-episodes", type=int, default=64, help="held-out episodes per run")
+    cmp.add_argument("--out", help="output directory (default runs/compare_<env>)")
+    cmp.add_argument("--quiet", action="store_true", help="no per-iteration progress line")
+    cmp.set_defaults(func=_cmd_compare)
+    _add_sft_parser(commands)
     return parser
 
 

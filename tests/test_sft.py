@@ -1,0 +1,202 @@
+"""``agentrl.sft`` and ``agentrl sft``: behaviour cloning of the expert on the policy tokens only.
+
+Fast: the NLL of the demonstrations falls; only policy tokens are targets; the loss is the plain token
+mean whatever the micro-batching; the CLI writes a loadable model and ``sft.json``; bad input exits 2.
+Slow (``make test-slow``): SFT lifts the tiny model's success on graph_nav small above the untrained
+model's, and PPO from that checkpoint lifts it further.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentrl import sft
+from agentrl.batch import rows_from_episodes
+from agentrl.chat import ChatFormat
+from agentrl.cli import build_parser, main
+from agentrl.compaction import CompactionConfig
+from agentrl.models import load_model
+from agentrl.runner import RunnerConfig
+from agentrl.types import Episode, Message, SubTrace
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = {"size": "small", "expert_looks": False}
+SHORT = RunnerConfig(max_response_tokens=48, context_budget=1024, max_turns=4, max_concurrent=8,
+                     compaction=CompactionConfig(strategy="policy", keep_last_turns=1, max_summary_tokens=64))
+
+
+@pytest.fixture(scope="module")
+def model_and_chat(tiny_model_dir: Path):
+    model, tokenizer = load_model(tiny_model_dir)
+    return model, ChatFormat(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def demos(model_and_chat) -> list[Episode]:
+    return sft.demonstrations("graph_nav", OPTIONS, sft.demo_seeds(3), model_and_chat[1], SHORT)
+
+
+def test_demonstrations_are_the_experts_actions_in_the_runner_stream(model_and_chat, demos) -> None:
+    _, chat = model_and_chat
+    assert len(demos) == 3 and all(e.num_turns == 4 for e in demos)
+    first = demos[0].sub_traces[0]
+    actions = [i for i, m in enumerate(first.loss_mask) if m]
+    assert chat.decode([first.token_ids[i] for i in actions]).startswith('<tool_call>\n{"name": "move"')
+    assert all(lp == 0.0 for lp, m in zip(first.logprobs, first.loss_mask, strict=True) if m)
+    assert set(sft.demo_seeds(100)).isdisjoint(sft.eval_seeds(100))
+
+
+def test_finetune_lowers_the_nll_of_the_demonstrations(model_and_chat, demos) -> None:
+    model, _ = model_and_chat
+    policy = type(model)(model.config)
+    policy.load_state_dict(model.state_dict())
+    before = sft.demo_nll(policy, demos, micro_batch_tokens=4096)
+    history = sft.finetune(policy, demos, epochs=3, lr=3e-3, micro_batch_tokens=4096, seed=0)
+    after = sft.demo_nll(policy, demos, micro_batch_tokens=4096)
+    assert [h["epoch"] for h in history] == [1.0, 2.0, 3.0]
+    assert history[0]["sft/tokens"] == sum(e.num_policy_tokens for e in demos)
+    assert history[-1]["sft/loss"] < history[0]["sft/loss"]
+    assert after < before - 1.0, (before, after)
+    assert not policy.training
+
+
+def _with_tail(episode: Episode, tail: list[int], *, as_policy: bool = False) -> Episode:
+    """The episode with ``tail`` appended to its last sub-trace (observation tokens unless ``as_policy``)."""
+    *rest, last = episode.sub_traces
+    n = len(tail)
+    grown = SubTrace(
+        (*last.token_ids, *tail), (*last.loss_mask, *[int(as_policy)] * n),
+        (*last.logprobs, *[0.0 if as_policy else None] * n), (*last.rewards, *[0.0] * n),
+    )
+    return replace(episode, sub_traces=(*rest, grown))
+
+
+def test_only_policy_tokens_are_targets(model_and_chat, demos) -> None:
+    # Observation tokens after the last action: had they been targets, changing them would change the
+    # loss; as context they come after every policy token, so a causal model's loss cannot see them.
+    model, chat = model_and_chat
+    obs = chat.observation_ids([Message("tool", "You are in dusty-attic. Exits: pale-hall.")], sampled_ids=[])
+    other = [(i + 7) % len(chat.tokenizer) for i in obs]
+    base = sft.demo_nll(model, demos[:1], micro_batch_tokens=4096)
+    a = sft.demo_nll(model, [_with_tail(demos[0], obs)], micro_batch_tokens=4096)
+    b = sft.demo_nll(model, [_with_tail(demos[0], other)], micro_batch_tokens=4096)
+    assert a == pytest.approx(base, rel=1e-6) and b == pytest.approx(base, rel=1e-6)
+    marked = sft.demo_nll(model, [_with_tail(demos[0], other, as_policy=True)], micro_batch_tokens=4096)
+    assert marked != pytest.approx(base, rel=1e-3)  # the same tokens as targets do count
+
+
+def test_nll_step_is_the_token_mean_whatever_the_micro_batches(model_and_chat, demos) -> None:
+    model, _ = model_and_chat
+    rows = rows_from_episodes(demos)
+    # The slow, obvious version: each row alone, log_softmax of the output at t - 1 scores token t.
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            logits = model(input_ids=row.token_ids[None]).logits[0].float()
+            logp = torch.log_softmax(logits[:-1], -1).gather(-1, row.token_ids[1:, None])[:, 0]
+            total += float(-logp[row.loss_mask[1:]].sum())
+            count += int(row.loss_mask.sum())
+    grads = []
+    for budget in (100_000, 1):  # one micro-batch, or one row per micro-batch
+        model.zero_grad(set_to_none=True)
+        loss = sft.nll_step(model, rows, micro_batch_tokens=budget)
+        assert float(loss) == pytest.approx(total / count, rel=1e-5)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_cli_writes_a_loadable_model_and_sft_json(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sft"
+    argv = ["sft", "--env", "graph_nav", "--env-option", "size=small", "--env-option", "expert_looks=false",
+            "--model", str(tiny_model_dir), "--out", str(out), "--episodes", "2", "--epochs", "1",
+            "--eval-episodes", "2", "--max-turns", "2", "--max-response-tokens", "24"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "before 0.000" in printed and f"to {out}" in printed
+    model, tokenizer = load_model(out)
+    assert model.config.vocab_size == len(tokenizer)
+    summary = json.loads((out / "sft.json").read_text())
+    assert summary["settings"]["episodes"] == 2 and summary["settings"]["env_name"] == "graph_nav"
+    assert summary["demonstrations"]["episodes"] == 2
+    assert summary["eval"]["episodes"] == 2 and summary["eval"]["success_before"] == 0.0
+    assert len(summary["epochs"]) == 1 and summary["runner"]["max_turns"] == 2
+    before, _ = load_model(tiny_model_dir)
+    changed = any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters(), strict=True))
+    assert changed
+
+
+def test_cli_defaults_are_the_modules() -> None:
+    args = build_parser().parse_args(["sft", "--env", "graph_nav", "--out", "x"])
+    assert (args.episodes, args.epochs, args.lr) == (sft.DEFAULT_EPISODES, sft.DEFAULT_EPOCHS, sft.DEFAULT_LR)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--env", "no_such_env"], "no_such_env"),
+        (["--env", "graph_nav", "--env-option", "colour=1"], "colour"),
+        (["--env", "graph_nav", "--episodes", "0"], "episodes"),
+        (["--env", "graph_nav", "--epochs", "0"], "epochs"),
+        (["--env", "graph_nav", "--lr", "0"], "lr"),
+        (["--env", "graph_nav", "--eval-episodes", "-1"], "eval_episodes"),
+        (["--env", "graph_nav", "--compaction", "bogus"], "strategy"),
+        (["--env", "graph_nav", "--size", "huge"], "size"),
+        (["--env", "graph_nav", "--model", "/no/such/model"], "/no/such/model"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, capsys, argv, named) -> None:
+    assert main(["sft", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("agentrl sft: error:") and named in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_non_empty_out(tmp_path: Path, capsys) -> None:
+    (tmp_path / "keep.txt").write_text("keep me")
+    assert main(["sft", "--env", "graph_nav", "--out", str(tmp_path)]) == 2
+    assert "out" in capsys.readouterr().err and (tmp_path / "keep.txt").read_text() == "keep me"
+
+
+# ---- slow: SFT, then PPO -------------------------------------------------------------------------------
+
+# The settings of examples/ppo_graph_nav.yaml, with max_turns raised so the looking expert finishes.
+SLOW_ENV = ["--env-option", "size=small"]
+SLOW_RUNNER = ["--max-response-tokens", "48", "--context-budget", "1024", "--max-turns", "24",
+               "--max-total-tokens", "3072", "--max-compactions", "2", "--max-concurrent", "8",
+               "--compaction", "policy", "--keep-last", "1", "--max-summary-tokens", "64"]
+SLOW_PPO = ["rollout.max_turns=24", "run.iterations=8", "run.checkpoint_every=0", "model.device=cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="not reached yet: on CPU in minutes, SFT of the ~1M tiny model on graph_nav small gets the "
+    "tool-call format right but misnames rooms and items; held-out success stays 0 (see agentrl/sft.py)",
+)
+def test_sft_beats_the_untrained_model_and_ppo_improves_on_it(tmp_path: Path, capsys) -> None:
+    from agentrl.checkpoint import latest_checkpoint
+    from agentrl.config import load_config
+    from agentrl.train import train
+
+    out = tmp_path / "sft"
+    assert main(["sft", "--env", "graph_nav", *SLOW_ENV, *SLOW_RUNNER, "--out", str(out),
+                 "--eval-episodes", "32"]) == 0
+    ev = json.loads((out / "sft.json").read_text())["eval"]
+    cfg = load_config(ROOT / "examples" / "ppo_graph_nav.yaml",
+                      [*SLOW_PPO, f"model.path={out}", f"run.run_dir={tmp_path / 'ppo'}"])
+    train(cfg, progress=False)
+    policy, tokenizer = load_model(latest_checkpoint(tmp_path / "ppo") / "policy")
+    runner = cfg.to_runner_config()
+    after_ppo = sft.evaluate(policy, ChatFormat(tokenizer), "graph_nav", dict(cfg.env.options),
+                             sft.eval_seeds(32), runner).metrics["success_rate"]
+    with capsys.disabled():
+        print(f"\ngraph_nav small, 32 held-out episodes: untrained {ev['success_before']:.3f}  "
+              f"SFT {ev['success_after']:.3f}  SFT+PPO {after_ppo:.3f}")
+    assert ev["success_after"] > ev["success_before"]
+    assert after_ppo > ev["success_after"]
