@@ -266,7 +266,7 @@ class Runner:
         with reason ``no_expert``. The episodes are demonstrations for a supervised warm start.
         """
         if teacher:
-            return Runner(_NoSampler(), self.chat, self.config)._loop(make_env, tasks, seed, teacher=True)
+            return Runner(NoSampler(), self.chat, self.config)._loop(make_env, tasks, seed, teacher=True)
         return self._loop(make_env, tasks, seed, teacher=False)
 
     def _loop(
@@ -535,7 +535,7 @@ class Runner:
         )
 
 
-class _NoSampler:
+class NoSampler:
     """Sessions without a model, for teacher mode: ``open`` numbers them, nothing is ever encoded."""
 
     def __init__(self) -> None:

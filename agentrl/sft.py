@@ -51,7 +51,7 @@ from agentrl.losses import aggregate
 from agentrl.models import init_model, load_model
 from agentrl.registry import make
 from agentrl.rollout import TorchSampler
-from agentrl.runner import Runner, RunnerConfig, RunResult, Task, _NoSampler
+from agentrl.runner import NoSampler, Runner, RunnerConfig, RunResult, Task
 from agentrl.types import Episode
 
 DEMO_SEED_START = 800_000_000  # demonstrations: DEMO_SEED_START + seed * 10**6 + i
@@ -91,7 +91,7 @@ def demonstrations(
     No model is involved. An episode's ``info["success"]`` says whether the expert succeeded under these
     budgets; a task whose ``reset`` failed gives no episode, so there may be fewer than ``len(seeds)``.
     """
-    result = Runner(_NoSampler(), chat, runner_config).run(
+    result = Runner(NoSampler(), chat, runner_config).run(
         lambda: make(env_name, **options), _tasks(env_name, seeds), teacher=True
     )
     return result.episodes

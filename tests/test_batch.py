@@ -62,15 +62,6 @@ class TinyCritic(torch.nn.Module):
         return self.head(hidden).squeeze(-1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small gain nothing from threads, and on a busy machine lose a lot to contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def policy() -> Qwen2ForCausalLM:
     torch.manual_seed(0)

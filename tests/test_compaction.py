@@ -6,11 +6,9 @@ The runs, the recording sampler and the endless ``Chatter`` environment come fro
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from test_runner import STRATEGIES, Chatter, Recording, Session, Tiny, is_summary, load_tiny, strategy_run
 
 from agentrl.compaction import (
@@ -23,15 +21,6 @@ from agentrl.compaction import (
 )
 from agentrl.sampling import Generation
 from agentrl.types import Episode, Message
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # The model is tiny: one thread is fastest, and far faster when another process shares the CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

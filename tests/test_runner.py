@@ -315,15 +315,6 @@ def check_accounting(rec: Recording) -> None:
 # ---- fixtures -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # The model is tiny: one thread is fastest, and far faster when another process shares the CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> Tiny:
     return load_tiny(tiny_model_dir)
