@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -480,6 +480,7 @@ def policy_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_size: int | None = None,
+    shared_prefix: int = 0,
 ) -> PolicyOutput:
     """Log-probabilities (and entropies) of the batch's tokens under ``policy``, aligned to tokens.
 
@@ -498,15 +499,21 @@ def policy_logprobs(
         temperature: the sampling temperature (>= 0; 0, greedy, means 1 as in ``agentrl.rollout``).
         with_entropy: also return the per-token entropy.
         chunk_size: positions per chunk for ``logprobs_and_entropy`` (bounds its float32 copies).
+        shared_prefix: read the rows' common prefix once when it has at least this many tokens
+            (``shared_prefix_forward``; the policy must then be a Hugging Face model); 0: never.
 
     Returns:
         ``PolicyOutput`` of (B, T) tensors.
     """
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature >= 0:
         raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
-    out = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    logits = getattr(out, "logits", out)
-    del out  # hold no second reference to the logits
+    if shared_prefix:
+        (logits,) = shared_prefix_forward(policy, batch.input_ids, batch.attention_mask,
+                                          min_prefix=shared_prefix, outputs=lambda o: (o.logits,))
+    else:
+        out = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        logits = getattr(out, "logits", out)
+        del out  # hold no second reference to the logits
     B, T = batch.shape
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != (B, T):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -521,16 +528,20 @@ def policy_logprobs(
     )
 
 
-def critic_values(critic: ValueModel, batch: Batch) -> torch.Tensor:
+def critic_values(critic: ValueModel, batch: Batch, *, shared_prefix: int = 0) -> torch.Tensor:
     """Values of the states in which the batch's tokens were chosen, aligned to tokens.
 
     ``values[:, t] = critic(...)[:, t - 1]`` (see ``ValueModel``) at policy tokens, 0 elsewhere, column
-    0 included. Differentiable when grad is enabled.
+    0 included. Differentiable when grad is enabled. ``shared_prefix`` > 0 is passed on to the critic
+    (``critic(ids, mask, shared_prefix=...)``, as ``agentrl.critic``'s critics take it).
 
     Returns:
         (B, T) values in the critic's dtype.
     """
-    out = critic(batch.input_ids, batch.attention_mask)
+    if shared_prefix:
+        out = critic(batch.input_ids, batch.attention_mask, shared_prefix=shared_prefix)  # type: ignore[call-arg]
+    else:
+        out = critic(batch.input_ids, batch.attention_mask)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != batch.shape or not out.is_floating_point():
         got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"critic: expected floating-point values of shape {batch.shape}, got {got}")
@@ -541,6 +552,61 @@ def _align(x: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """(B, T-1) outputs for tokens 1..T-1 -> (B, T) aligned to tokens, 0 at column 0 and mask-0."""
     shifted = F.pad(x, (1, 0))
     return torch.where(loss_mask, shifted, torch.zeros_like(shifted))
+
+
+# ----------------------------------------------------------------------------------------------------
+# A micro-batch's common prefix, read once.
+
+
+def common_prefix_length(input_ids: torch.Tensor, lengths: torch.Tensor) -> int:
+    """How many leading tokens every row of a right-padded ``(B, T)`` batch shares, at most
+    ``min(lengths) - 1`` so that every row keeps a token of its own; 0 for a single row."""
+    cap = int(lengths.min()) - 1
+    if input_ids.shape[0] < 2 or cap < 1:
+        return 0
+    differs = (input_ids[:, :cap] != input_ids[:1, :cap]).any(dim=0).nonzero()
+    return cap if differs.numel() == 0 else int(differs[0])
+
+
+def shared_prefix_forward(
+    model: Callable[..., Any],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    min_prefix: int,
+    outputs: Callable[[Any], tuple[torch.Tensor, ...]],
+    **kwargs: Any,
+) -> tuple[torch.Tensor, ...]:
+    """``outputs(model(input_ids, attention_mask))``, with the rows' common prefix read once.
+
+    Rows of one environment start with the same system prompt and tool schemas, and a GRPO group's rows
+    with the same task: in agent episodes that shared prefix is often half of every sub-trace. When the
+    batch's common prefix (``common_prefix_length``) is at least ``min_prefix`` tokens, the model reads it
+    once, as a batch of one, with its key-value cache; the cache is repeated for the B rows, and the model
+    reads the rest of every row on top of it. Each per-position output (``outputs`` picks them from the
+    model's output, each ``(batch, positions, ...)``) is the prefix's, expanded to B rows, followed by the
+    rest's. Gradients flow through both passes, so the prefix's gradient is the sum over the rows, as in
+    one full pass; the results equal a full pass up to float rounding (tests/test_batch.py).
+
+    ``model`` must be a Hugging Face model that takes ``cache`` and ``use_cache`` (causal LMs and their
+    base models do). ``min_prefix`` 0 (or a shorter prefix) means one ordinary full pass.
+    ``kwargs`` go to every call (e.g. ``output_hidden_states=True``).
+    """
+    if isinstance(min_prefix, bool) or not isinstance(min_prefix, int) or min_prefix < 0:
+        raise ValueError(f"min_prefix: expected an int >= 0, got {min_prefix!r}")
+    n = common_prefix_length(input_ids, attention_mask.sum(dim=-1)) if min_prefix else 0
+    if n == 0 or n < min_prefix:
+        return outputs(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs))
+    rows = input_ids.shape[0]
+    head = model(input_ids=input_ids[:1, :n], use_cache=True, **kwargs)
+    cache = head.cache
+    cache.batch_repeat_interleave(rows)
+    tail = model(input_ids=input_ids[:, n:], attention_mask=attention_mask, cache=cache, use_cache=True,
+                 **kwargs)
+    return tuple(
+        torch.cat([h.expand(rows, *h.shape[1:]), t], dim=1)
+        for h, t in zip(outputs(head), outputs(tail), strict=True)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -557,9 +623,11 @@ def evaluate_logprobs(
     pad_id: int = 0,
     chunk_size: int | None = None,
     device: torch.device | str | None = None,
+    shared_prefix: int = 0,
 ) -> list[torch.Tensor]:
     """Per-row log-probabilities of many rows under ``policy`` (reference or recomputed old log-probs),
-    micro-batch by micro-batch (``pack`` with ``max_tokens``), without gradients.
+    micro-batch by micro-batch (``pack`` with ``max_tokens``), without gradients; ``shared_prefix`` as in
+    ``policy_logprobs``.
 
     Returns:
         One (T_i,) tensor per row, in row order, on the row's device; 0 at mask-0 positions. Store them
@@ -567,7 +635,8 @@ def evaluate_logprobs(
     """
 
     def run(batch: Batch) -> torch.Tensor:
-        return policy_logprobs(policy, batch, temperature=temperature, chunk_size=chunk_size).logprobs
+        return policy_logprobs(policy, batch, temperature=temperature, chunk_size=chunk_size,
+                               shared_prefix=shared_prefix).logprobs
 
     return _evaluate(rows, run, max_tokens=max_tokens, pad_id=pad_id, device=device)
 
@@ -580,9 +649,11 @@ def evaluate_values(
     max_tokens: int,
     pad_id: int = 0,
     device: torch.device | str | None = None,
+    shared_prefix: int = 0,
 ) -> list[torch.Tensor]:
     """Per-row values of many rows under ``critic`` (the old values GAE uses), micro-batch by
-    micro-batch (``pack`` with ``max_tokens``), without gradients.
+    micro-batch (``pack`` with ``max_tokens``), without gradients; ``shared_prefix`` as in
+    ``critic_values``.
 
     Returns:
         One (T_i,) tensor per row, in row order, on the row's device; 0 at mask-0 positions. Store them
@@ -590,7 +661,7 @@ def evaluate_values(
     """
 
     def run(batch: Batch) -> torch.Tensor:
-        return critic_values(critic, batch)
+        return critic_values(critic, batch, shared_prefix=shared_prefix)
 
     return _evaluate(rows, run, max_tokens=max_tokens, pad_id=pad_id, device=device)
 

@@ -523,6 +523,9 @@ class OptimSection(_Section):
         micro_batch_tokens: the most tokens (padding included) of one forward/backward; gradients are
             accumulated over micro-batches with the mini-batch's global normaliser. At least
             ``rollout.context_budget``, so a sub-trace always fits.
+        shared_prefix: read a micro-batch's common prefix (the system prompt and tool schemas, a group's
+            task) once, not once per row, when it is at least this many tokens; 0: never. Exact up to
+            float rounding (``agentrl.batch.shared_prefix_forward``); needs a Hugging Face model.
     """
 
     SECTION: ClassVar[str] = "optim"
@@ -533,6 +536,7 @@ class OptimSection(_Section):
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     micro_batch_tokens: int = 4096
+    shared_prefix: int = 16
 
     def _validate(self) -> None:
         self._check("actor_lr", self.actor_lr > 0, "a number > 0")
@@ -542,6 +546,7 @@ class OptimSection(_Section):
         self._check("weight_decay", self.weight_decay >= 0, "a number >= 0")
         self._check("grad_clip", self.grad_clip is None or self.grad_clip > 0, "null or a number > 0")
         self._check("micro_batch_tokens", self.micro_batch_tokens >= 1, "an int >= 1")
+        self._check("shared_prefix", self.shared_prefix >= 0, "an int >= 0")
 
 
 @dataclass(frozen=True)

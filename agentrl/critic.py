@@ -32,6 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedModel
 
+from agentrl.batch import shared_prefix_forward
+
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
@@ -89,9 +91,13 @@ class ValueModel(torch.nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return self.head(_last_hidden(out).to(self.head.weight.dtype)).squeeze(-1)  # (B, T)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, shared_prefix: int = 0
+    ) -> torch.Tensor:
+        """(B, T) values; ``shared_prefix`` as in ``agentrl.batch.shared_prefix_forward``'s ``min_prefix``."""
+        (hidden,) = shared_prefix_forward(self.backbone, input_ids, attention_mask, min_prefix=shared_prefix,
+                                          outputs=lambda out: (_last_hidden(out),))
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, T)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """``save_critic(self, path)``: what checkpoints call."""
@@ -175,23 +181,27 @@ class SharedValueHead(torch.nn.Module):
         return self.__dict__["_policy"]
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, detach_backbone: bool = False
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, detach_backbone: bool = False,
+        shared_prefix: int = 0,
     ) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_backbone):
-            backbone = backbone_of(self.policy)
-            out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            hidden = _last_hidden(out)
+            (hidden,) = shared_prefix_forward(
+                backbone_of(self.policy), input_ids, attention_mask, min_prefix=shared_prefix,
+                outputs=lambda out: (_last_hidden(out),),
+            )
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
     def policy_and_values(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, shared_prefix: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits (B, T, V), values (B, T))`` from one forward pass of the policy."""
-        out = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
+        """``(logits (B, T, V), values (B, T))`` from one forward pass of the policy (``shared_prefix``
+        as in ``agentrl.batch.shared_prefix_forward``'s ``min_prefix``)."""
+        logits, hidden = shared_prefix_forward(
+            self.policy, input_ids, attention_mask, min_prefix=shared_prefix,
+            outputs=lambda out: (out.logits, out.hidden_states[-1]), output_hidden_states=True,
         )
-        values = self.head(out.hidden_states[-1].to(self.head.weight.dtype)).squeeze(-1)
-        return out.logits, values
+        values = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+        return logits, values
 
     def save_pretrained(self, path: str | Path) -> Path:
         """``save_critic(self, path)``: the head only; the backbone is saved with the policy."""

@@ -51,11 +51,13 @@ Choices that affect results:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from agentrl.advantages import (
     broadcast_to_tokens,
@@ -197,6 +199,13 @@ class Learner:
         self.cfg, self.policy, self.critic = cfg, policy, critic
         self.reference = reference if cfg.needs_reference else None
         self.pad_id = pad_id
+        # The common prefix of a micro-batch is read once (optim.shared_prefix) by the models that can
+        # take a key-value cache: Hugging Face models, and critics whose forward takes ``shared_prefix``.
+        n = cfg.optim.shared_prefix
+        self.policy_prefix = n if isinstance(policy, PreTrainedModel) else 0
+        self.reference_prefix = n if isinstance(self.reference, PreTrainedModel) else 0
+        takes = critic is not None and "shared_prefix" in inspect.signature(critic.forward).parameters
+        self.critic_prefix = n if takes else 0
         self.device = next(policy.parameters()).device
         self.temperature = cfg.rollout.temperature or 1.0  # 0 (greedy) is recorded as temperature 1
         self.policy_optimizer = _adamw(_trainable(policy), cfg.optim.actor_lr, cfg.optim)
@@ -218,18 +227,21 @@ class Learner:
             raise ValueError("episodes: expected at least one episode")
         rows = rows_from_episodes(episodes)
         if self.reference is not None:
-            ref = evaluate_logprobs(self.reference, rows, temperature=self.temperature, **self._eval_kwargs())
+            ref = evaluate_logprobs(self.reference, rows, temperature=self.temperature,
+                                    **self._eval_kwargs(self.reference_prefix))
             rows = set_fields(rows, ref_logprobs=ref)
         if self.cfg.algorithm == "ppo":
             return self._prepare_ppo(episodes, rows)
         return self._prepare_grpo(episodes, rows)
 
-    def _eval_kwargs(self) -> dict[str, Any]:
-        return {"max_tokens": self.cfg.optim.micro_batch_tokens, "pad_id": self.pad_id, "device": self.device}
+    def _eval_kwargs(self, shared_prefix: int) -> dict[str, Any]:
+        return {"max_tokens": self.cfg.optim.micro_batch_tokens, "pad_id": self.pad_id, "device": self.device,
+                "shared_prefix": shared_prefix}
 
     def _prepare_ppo(self, episodes: Sequence[Episode], rows: list[Row]) -> list[Row]:
         ppo = self.cfg.ppo
-        rows = set_fields(rows, old_values=evaluate_values(self.critic, rows, **self._eval_kwargs()))
+        values = evaluate_values(self.critic, rows, **self._eval_kwargs(self.critic_prefix))
+        rows = set_fields(rows, old_values=values)
         batch = collate(rows, pad_id=self.pad_id)
         rewards = batch.rewards
         if ppo.uses_kl and ppo.kl_penalty == "reward":
@@ -350,7 +362,7 @@ class Learner:
     def _critic_model(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         critic = self.critic
         if isinstance(critic, SharedValueHead):
-            return lambda ids, mask: critic(ids, mask, detach_backbone=True)
+            return lambda ids, mask, **kw: critic(ids, mask, detach_backbone=True, **kw)
         return critic  # type: ignore[return-value]
 
     def _critic_loss_fn(self, rows: Sequence[Row]) -> Callable[[Batch, _Meter], torch.Tensor]:
@@ -359,7 +371,8 @@ class Learner:
         model = self._critic_model()
 
         def loss_fn(batch: Batch, meter: _Meter) -> torch.Tensor:
-            loss, metrics = self._value_loss(critic_values(model, batch), batch, n)
+            values = critic_values(model, batch, shared_prefix=self.critic_prefix)
+            loss, metrics = self._value_loss(values, batch, n)
             meter.add("critic/clip_frac", metrics["clipfrac"], batch.num_policy_tokens)
             return loss
 
@@ -436,9 +449,12 @@ class Learner:
         """The policy's aligned log-probs and entropies, and with a shared critic the aligned values, from
         one forward pass."""
         if not self.shared:
-            out = policy_logprobs(self.policy, batch, temperature=self.temperature, with_entropy=True)
+            out = policy_logprobs(self.policy, batch, temperature=self.temperature, with_entropy=True,
+                                  shared_prefix=self.policy_prefix)
             return out, None
-        logits, raw_values = self.critic.policy_and_values(batch.input_ids, batch.attention_mask)  # type: ignore[union-attr]
+        logits, raw_values = self.critic.policy_and_values(  # type: ignore[union-attr]
+            batch.input_ids, batch.attention_mask, shared_prefix=self.policy_prefix
+        )
         out = policy_logprobs(lambda **_: logits, batch, temperature=self.temperature, with_entropy=True)
         return out, critic_values(lambda *_: raw_values, batch)
 

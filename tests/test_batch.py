@@ -17,6 +17,7 @@ from agentrl.batch import (
     MicroBatch,
     Row,
     collate,
+    common_prefix_length,
     critic_values,
     evaluate_logprobs,
     evaluate_values,
@@ -27,6 +28,7 @@ from agentrl.batch import (
     policy_token_count,
     rows_from_episodes,
     set_fields,
+    shared_prefix_forward,
     unpad,
     update_rows,
 )
@@ -455,3 +457,87 @@ def test_model_output_shape_errors_name_the_model(policy):
     with pytest.raises(ValueError, match="^temperature"):
         policy_logprobs(policy, batch, temperature=-1.0)
     assert isinstance(batch.to("cpu"), Batch)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The common prefix, read once
+
+
+def test_common_prefix_length_hand_cases():
+    def n(rows: list[list[int]], lengths: list[int]) -> int:
+        return common_prefix_length(torch.tensor(rows), torch.tensor(lengths))
+
+    assert n([[1, 2, 3, 4], [1, 2, 5, 6]], [4, 4]) == 2
+    assert n([[1, 2, 3], [1, 2, 3]], [3, 3]) == 2  # every row keeps one token of its own
+    assert n([[1, 2, 3, 4], [1, 2, 0, 0]], [4, 2]) == 1  # capped by the shortest row
+    assert n([[7, 2, 3], [1, 2, 3]], [3, 3]) == 0
+    assert n([[1, 2, 3]], [3]) == 0  # one row: nothing to share
+
+
+def _prefixed_rows(prefix: int = 9) -> list[Row]:
+    """Four rows of lengths 10..21 that share their first ``prefix`` tokens; policy tokens from position 3
+    (so some lie inside the shared prefix)."""
+    g = torch.Generator().manual_seed(3)
+    head = torch.randint(0, VOCAB, (prefix,), generator=g)
+    rows = []
+    for i, tail in enumerate((12, 1, 7, 5)):
+        ids = torch.cat([head, torch.randint(0, VOCAB, (tail,), generator=g)])
+        mask = torch.zeros(len(ids), dtype=torch.bool)
+        mask[3:] = torch.rand(len(ids) - 3, generator=g) < 0.6
+        rows.append(_row(len(ids), token_ids=ids, loss_mask=mask, episode_index=i))
+    return rows
+
+
+def _calls(model: torch.nn.Module) -> tuple[list[tuple[int, int]], object]:
+    """The (batch, length) of every forward of ``model``, and the hook's handle."""
+    shapes: list[tuple[int, int]] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    return shapes, handle
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_prefix_gives_the_full_pass_outputs_and_gradients(temperature):
+    torch.manual_seed(0)
+    policy = Qwen2ForCausalLM(_config()).double().eval()
+    batch = collate(_prefixed_rows())
+    results = []
+    for shared in (0, 4):
+        policy.zero_grad(set_to_none=True)
+        shapes, handle = _calls(policy)
+        out = policy_logprobs(policy, batch, temperature=temperature, with_entropy=True, shared_prefix=shared)
+        handle.remove()
+        (out.logprobs.sum() + 0.3 * out.entropy.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.parameters()])
+        results.append((out.logprobs, out.entropy, grads, shapes))
+    full, shared = results
+    assert full[3] == [(4, 21)]
+    assert shared[3] == [(1, 9), (4, 12)]  # the 9 shared tokens once, then the rest of every row
+    for a, b in zip(full[:3], shared[:3], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # rotary angles are float32 in transformers
+    assert bool((shared[0][:, 3:9] != 0).any())  # policy tokens inside the prefix were scored
+
+
+def test_shared_prefix_shorter_than_the_minimum_is_one_full_pass(policy):
+    batch = collate(_prefixed_rows())
+    shapes, handle = _calls(policy)
+    try:
+        with torch.no_grad():
+            long_min = policy_logprobs(policy, batch, shared_prefix=10).logprobs
+            plain = policy_logprobs(policy, batch).logprobs
+    finally:
+        handle.remove()
+    assert shapes == [(4, 21), (4, 21)]
+    assert torch.equal(long_min, plain)
+    with pytest.raises(ValueError, match="min_prefix: expected an int >= 0"):
+        shared_prefix_forward(policy, batch.input_ids, batch.attention_mask, min_prefix=-1,
+                              outputs=lambda o: (o.logits,))
+
+
+def test_chunked_evaluation_with_a_shared_prefix_matches(policy):
+    rows = _prefixed_rows()
+    plain = evaluate_logprobs(policy, rows, max_tokens=4096)
+    shared = evaluate_logprobs(policy, rows, max_tokens=48, shared_prefix=4)  # micro-batches of 2 rows
+    for a, b in zip(plain, shared, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -326,6 +326,7 @@ RULES = [
     ("optim.weight_decay=-0.01", "optim.weight_decay: expected a number >= 0, got -0.01"),
     ("optim.grad_clip=0", "optim.grad_clip: expected null or a number > 0, got 0.0"),
     ("optim.micro_batch_tokens=0", "optim.micro_batch_tokens: expected an int >= 1, got 0"),
+    ("optim.shared_prefix=-1", "optim.shared_prefix: expected an int >= 0, got -1"),
     # across sections
     ("algorithm=grpo", "rollout.group_size: expected an int >= 2 with algorithm grpo"),
     ("ppo.minibatches=17", "ppo.minibatches: expected at most the 16 episodes per iteration"),

@@ -144,3 +144,48 @@ def test_reference_is_a_frozen_copy(policy):
 def test_a_model_without_a_base_model_is_refused():
     with pytest.raises(ValueError, match="base model"):
         critic_from_policy(torch.nn.Linear(2, 2), seed=0)  # type: ignore[arg-type]
+
+
+def _prefixed_batch():
+    """Three rows sharing their first 6 tokens, then 3, 8 and 5 tokens of their own."""
+    g = torch.Generator().manual_seed(2)
+    head = torch.randint(0, VOCAB, (6,), generator=g)
+    rows = []
+    for i, tail in enumerate((3, 8, 5)):
+        ids = torch.cat([head, torch.randint(0, VOCAB, (tail,), generator=g)])
+        mask = torch.zeros(len(ids), dtype=torch.bool)
+        mask[4:] = True
+        rows.append(Row(episode_index=i, sub_trace_index=0, token_ids=ids, loss_mask=mask,
+                        old_logprobs=torch.zeros(len(ids)), rewards=torch.zeros(len(ids))))
+    return collate(rows)
+
+
+def _grads(*models: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for m in models for p in m.parameters() if p.grad is not None])
+
+
+def test_critics_read_a_shared_prefix_once_with_the_same_values_and_gradients():
+    batch = _prefixed_batch()
+    policy = _policy(seed=3)
+    separate, shared = critic_from_policy(policy, seed=1), SharedValueHead(policy, seed=1)
+    for name, run, models in (
+        ("separate", lambda n: separate(batch.input_ids, batch.attention_mask, shared_prefix=n), [separate]),
+        ("shared", lambda n: shared(batch.input_ids, batch.attention_mask, shared_prefix=n),
+         [policy, shared]),
+        ("one pass", lambda n: shared.policy_and_values(batch.input_ids, batch.attention_mask,
+                                                        shared_prefix=n)[1], [policy, shared]),
+    ):
+        out = []
+        for n in (0, 2):
+            for m in models:
+                m.zero_grad(set_to_none=True)
+            values = run(n)
+            critic_values(lambda *_, v=values: v, batch).sum().backward()
+            out.append((values, _grads(*models)))
+        (v0, g0), (v1, g1) = out
+        torch.testing.assert_close(v0, v1, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(g0, g1, rtol=0, atol=1e-5, msg=name)
+    with torch.no_grad():
+        logits = [shared.policy_and_values(batch.input_ids, batch.attention_mask, shared_prefix=n)[0]
+                  for n in (0, 2)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-5)

@@ -6,6 +6,7 @@ independent computations; masked critic outputs never reach an advantage; resumi
 Offline, seconds."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -59,13 +60,18 @@ SPEC = [
 ]
 
 
-def _episodes(policy: torch.nn.Module, spec=SPEC, seed: int = 0, temperature: float = 1.0) -> list[Episode]:
+def _episodes(
+    policy: torch.nn.Module, spec=SPEC, seed: int = 0, temperature: float = 1.0, prefix: int = 0
+) -> list[Episode]:
     """Episodes of random tokens whose recorded log-probs are the policy's own at ``temperature``; each
-    episode's reward sits on the last policy token of its last sub-trace."""
+    episode's reward sits on the last policy token of its last sub-trace. Every sub-trace starts with the
+    same ``prefix`` tokens (as if they shared a system prompt)."""
     g = torch.Generator().manual_seed(seed)
     shapes = [(e, s, n, p) for e, (subs, *_) in enumerate(spec) for s, (n, p) in enumerate(subs)]
     masks = [_mask(g, n, p) for _, _, n, p in shapes]
     ids = [torch.randint(0, VOCAB, (len(m),), generator=g) for m in masks]
+    for i in ids:
+        i[:prefix] = torch.arange(prefix)
     rows = [
         Row(episode_index=e, sub_trace_index=s, token_ids=i, loss_mask=torch.tensor(m),
             old_logprobs=torch.zeros(len(m)), rewards=torch.zeros(len(m)))
@@ -223,6 +229,38 @@ def test_two_micro_batch_sizes_give_the_same_update(algorithm, section):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "critic_kind", "section"),
+    [("ppo", "separate", {"minibatches": 2}), ("ppo", "shared", {}), ("grpo", None, {"kl_beta": 0.04})],
+)
+def test_a_shared_prefix_gives_the_same_update(algorithm, critic_kind, section):
+    policy = _policy(dtype=torch.float64)
+    episodes = _episodes(policy, prefix=5)
+    params, shapes = [], []
+    for shared_prefix in (0, 4):
+        p = copy.deepcopy(policy)
+        critic = None
+        if critic_kind == "separate":
+            critic = critic_from_policy(p, seed=1)
+        elif critic_kind == "shared":
+            critic = SharedValueHead(p, seed=1)
+        reference = reference_from_policy(p) if section.get("kl_beta") else None
+        cfg = _cfg(algorithm, lr=1e-2, **section)
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, shared_prefix=shared_prefix))
+        learner = Learner(cfg, p, critic=critic, reference=reference, seed=7)
+        shapes.append([])
+        handle = p.register_forward_pre_hook(
+            lambda _m, _a, kw: shapes[-1].append(tuple(kw["input_ids"].shape)), with_kwargs=True
+        )
+        learner.step(episodes)
+        handle.remove()
+        params.append(_snapshot(p, *([critic] if critic is not None else [])))
+    assert all(b > 1 for b, _ in shapes[0])
+    assert (1, 5) in shapes[1]  # the 5 shared tokens, read once
+    for a, b in zip(*params, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 def test_a_nan_loss_skips_the_update_and_the_next_one_works(policy, episodes, monkeypatch, caplog):
     learner = Learner(_cfg("grpo"), policy, reference=reference_from_policy(policy))
     rows = learner.prepare(episodes)
@@ -339,8 +377,9 @@ class _Poisoned(torch.nn.Module):
         self.critic, self.poison = critic, poison
         self.masks = {tuple(r.token_ids.tolist()): r.loss_mask for r in rows}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.critic(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared_prefix: int = 0
+                ) -> torch.Tensor:
+        out = self.critic(input_ids, attention_mask, shared_prefix=shared_prefix)  # read as the clean one is
         read = torch.zeros_like(out, dtype=torch.bool)
         for b in range(out.shape[0]):
             mask = self.masks[tuple(input_ids[b][attention_mask[b] == 1].tolist())]
