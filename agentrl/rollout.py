@@ -48,13 +48,13 @@ sessions were computed with the old weights, so close sessions before updating.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from agentrl.sampling import FinishReason, Generation, Sampler, SamplingParams
+from agentrl.sampling import FinishReason, Generation, Sampler, SamplingParams, per_session
 
 __all__ = [
     "FinishReason", "Generation", "Sampler", "SamplingParams", "TorchSampler", "generate_without_cache"
@@ -201,8 +201,9 @@ def _left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torc
 class _Recorder:
     """Collects the sampled tokens of every row of the original batch and decides when rows stop."""
 
-    def __init__(self, batch: int, params: SamplingParams) -> None:
-        self.params = params
+    def __init__(self, params: SamplingParams, limits: Sequence[int]) -> None:
+        self.params, self.limits = params, list(limits)
+        batch = len(self.limits)
         self.stop = frozenset(params.stop_token_ids)
         self.tokens: list[list[int]] = [[] for _ in range(batch)]
         self.logprobs: list[list[float]] = [[] for _ in range(batch)]
@@ -216,7 +217,7 @@ class _Recorder:
             self.logprobs[row].append(lp)
             if tok in self.stop:
                 self.reasons[row] = "stop"
-            elif len(self.tokens[row]) >= self.params.max_new_tokens:
+            elif len(self.tokens[row]) >= self.limits[row]:
                 self.reasons[row] = "length"
             finished.append(self.reasons[row] is not None)
         return finished
@@ -278,18 +279,28 @@ class TorchSampler:
         state = self._get(session)
         return state.length + len(state.pending)
 
-    def generate(self, sessions: Sequence[int], params: SamplingParams) -> list[Generation]:
-        """Sample one turn for every session in one batch; see the module docstring for the data flow."""
+    def generate(
+        self, sessions: Sequence[int], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Generation]:
+        """Sample one turn for every session in one batch; see the module docstring for the data flow.
+
+        Per-session ``params`` must agree on everything but ``max_new_tokens`` (each row stops at its own).
+        """
         if len(set(sessions)) != len(sessions):
             raise ValueError(f"sessions: duplicate session ids in {list(sessions)}")
         states = [self._get(s) for s in sessions]
         if not states:
             return []
+        each = per_session(params, len(states))
+        shared = each[0]
+        for p in each[1:]:
+            if replace(p, max_new_tokens=shared.max_new_tokens) != shared:
+                raise ValueError("params: per-session params may differ in max_new_tokens only")
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                recorder = self._decode(states, params)
+                recorder = self._decode(states, shared, [p.max_new_tokens for p in each])
         finally:
             self.model.train(was_training)
         results = recorder.results()
@@ -297,12 +308,13 @@ class TorchSampler:
             state.pending = [gen.token_ids[-1]]
         return results
 
-    def _decode(self, states: list[_Session], params: SamplingParams) -> _Recorder:
-        """Prefill the queues, then decode step by step; fills each session's cache as its row stops."""
+    def _decode(self, states: list[_Session], params: SamplingParams, limits: list[int]) -> _Recorder:
+        """Prefill the queues, then decode step by step, row i for at most ``limits[i]`` tokens; fills each
+        session's cache as its row stops."""
         device = self.device
         generator = _make_generator(params.seed, device)
-        recorder = _Recorder(len(states), params)
-        capacity = max(s.length for s in states) + max(len(s.pending) for s in states) + params.max_new_tokens
+        recorder = _Recorder(params, limits)
+        capacity = max(s.length for s in states) + max(len(s.pending) for s in states) + max(limits)
         cache, mask_BT, positions_B = self._batch_cache(states, capacity)
         ids_BN, new_mask_BN = _left_pad([s.pending for s in states], device)
         mask_BT = torch.cat([mask_BT, new_mask_BN], dim=1)
@@ -400,7 +412,7 @@ def generate_without_cache(
         raise ValueError("contexts: expected at least one non-empty context")
     device = next(model.parameters()).device
     generator = _make_generator(params.seed, device)
-    recorder = _Recorder(len(contexts), params)
+    recorder = _Recorder(params, [params.max_new_tokens] * len(contexts))
     sequences = [list(c) for c in contexts]
     rows = list(range(len(contexts)))
     was_training = model.training

@@ -6,8 +6,9 @@ An explicit state machine. Every episode in flight is in one phase:
 - ``summarise``: waiting for the model's summary (the ``policy`` compaction strategy);
 - ``done``: ended; its ``Episode`` is built and its environment is free for the next task.
 
-Each round samples once for all episodes in ``summarise`` and once for all in ``act`` (one batched
-``generate`` each), then handles every result: an action goes to its environment, whose observation is
+Each round samples once for all episodes in ``summarise`` or ``act`` (one batched ``generate``, each
+session with its own token limit: ``max_summary_tokens`` or ``max_response_tokens``), then handles every
+result: an action goes to its environment, whose observation is
 appended as the chat-template delta (``ChatFormat.observation_ids``); the sampled tokens are kept exactly as
 sampled, never re-tokenised. Episodes start as others end, up to ``max_concurrent`` at a time.
 
@@ -292,22 +293,25 @@ class Runner:
                         free.append(env)
                 else:
                     active.append(run)
-            for phase in ("summarise", "act"):
-                batch = [r for r in active if r.phase == phase]
-                if not batch:
+            # one batch for actions and summaries alike, each with its own token limit
+            batch = [r for r in active if r.phase in ("summarise", "act")]
+            seed = rng.randrange(2**31)
+            params = [self._params(r.phase, seed) for r in batch]
+            assert all(r.window is not None for r in batch)
+            if teacher:
+                gens: list[Generation | None] = [
+                    self._teach(r, p) for r, p in zip(batch, params, strict=True)
+                ]
+            elif batch:
+                gens = list(self.sampler.generate([r.window.session for r in batch], params))  # type: ignore[union-attr]
+            else:
+                gens = []
+            for run, gen in zip(batch, gens, strict=True):
+                if gen is None:
+                    self._end(run, "truncated", "env_error" if "env_error" in run.info else "no_expert")
                     continue
-                params = self._params(phase, rng)
-                assert all(r.window is not None for r in batch)
-                if teacher:
-                    gens: list[Generation | None] = [self._teach(r, params) for r in batch]
-                else:
-                    gens = list(self.sampler.generate([r.window.session for r in batch], params))  # type: ignore[union-attr]
-                for run, gen in zip(batch, gens, strict=True):
-                    if gen is None:
-                        self._end(run, "truncated", "env_error" if "env_error" in run.info else "no_expert")
-                        continue
-                    sampled_tokens += len(gen.token_ids)
-                    self._on_generation(run, gen)
+                sampled_tokens += len(gen.token_ids)
+                self._on_generation(run, gen)
             for run in [r for r in active if r.phase == "done"]:
                 active.remove(run)
                 done[run.index] = self._episode(run)
@@ -317,7 +321,7 @@ class Runner:
         metrics = run_metrics(episodes, failures, sampled_tokens, time.perf_counter() - start)
         return RunResult(episodes, failures, metrics)
 
-    def _params(self, phase: str, rng: random.Random) -> SamplingParams:
+    def _params(self, phase: str, seed: int) -> SamplingParams:
         cfg = self.config
         limit = cfg.compaction.max_summary_tokens if phase == "summarise" else cfg.max_response_tokens
         return SamplingParams(
@@ -325,7 +329,7 @@ class Runner:
             top_p=cfg.top_p,
             max_new_tokens=limit,
             stop_token_ids=self.chat.stop_token_ids,
-            seed=rng.randrange(2**31),
+            seed=seed,
         )
 
     def _teach(self, run: _Run, params: SamplingParams) -> Generation | None:
@@ -548,7 +552,9 @@ class NoSampler:
     def append(self, session: int, token_ids: Sequence[int]) -> None:
         pass
 
-    def generate(self, sessions: Sequence[int], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, sessions: Sequence[int], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Generation]:
         raise RuntimeError("teacher mode never samples")
 
     def close(self, session: int) -> None:

@@ -63,6 +63,16 @@ class Generation:
             raise ValueError(f"finish_reason: expected 'stop' or 'length', got {self.finish_reason!r}")
 
 
+def per_session(params: SamplingParams | Sequence[SamplingParams], sessions: int) -> list[SamplingParams]:
+    """``Sampler.generate``'s ``params`` as one ``SamplingParams`` per session."""
+    if isinstance(params, SamplingParams):
+        return [params] * sessions
+    out = list(params)
+    if len(out) != sessions or not all(isinstance(p, SamplingParams) for p in out):
+        raise ValueError(f"params: expected one SamplingParams or {sessions} of them (one per session)")
+    return out
+
+
 @runtime_checkable
 class Sampler(Protocol):
     """A sampling backend with one session per context window (local torch now; vLLM or remote later)."""
@@ -75,8 +85,15 @@ class Sampler(Protocol):
         """Queue observation tokens after what the session holds; they are encoded lazily."""
         ...
 
-    def generate(self, sessions: Sequence[int], params: SamplingParams) -> list[Generation]:
-        """Sample one turn for each session, batched; results are in the order of ``sessions``."""
+    def generate(
+        self, sessions: Sequence[int], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Generation]:
+        """Sample one turn for each session, batched; results are in the order of ``sessions``.
+
+        ``params``: one for every session, or one per session (``per_session``), so that turns of
+        different lengths (actions and summaries) share one batch. A backend may require per-session
+        params to agree on everything but ``max_new_tokens`` (the local torch one does).
+        """
         ...
 
     def close(self, session: int) -> None:

@@ -26,7 +26,7 @@ from agentrl.episodes import load_episodes, policy_segments, save_episodes
 from agentrl.models import load_model
 from agentrl.rollout import TorchSampler
 from agentrl.runner import Runner, RunnerConfig, RunResult, Task
-from agentrl.sampling import Generation, SamplingParams
+from agentrl.sampling import Generation, SamplingParams, per_session
 from agentrl.tools import tool
 from agentrl.types import SubTrace
 
@@ -144,6 +144,7 @@ class RecordingSampler:
         self.inner = inner
         self.sessions: dict[int, Session] = {}
         self.batches: list[list[int]] = []
+        self.params: list[list[SamplingParams]] = []  # per call, one per session
         self.max_open = 0
 
     def open(self, prompt_ids: Sequence[int]) -> int:
@@ -156,12 +157,15 @@ class RecordingSampler:
         self.inner.append(session, token_ids)
         self.sessions[session].events.append(("append", list(token_ids)))
 
-    def generate(self, sessions: Sequence[int], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, sessions: Sequence[int], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[Generation]:
         contexts = [len(self.sessions[s].stream()) for s in sessions]
         gens = self.inner.generate(sessions, params)
         self.batches.append(list(sessions))
-        for s, gen, ctx in zip(sessions, gens, contexts, strict=True):
-            self.sessions[s].events.append(("gen", (gen, ctx, params)))
+        self.params.append(per_session(params, len(sessions)))
+        for s, gen, ctx, p in zip(sessions, gens, contexts, self.params[-1], strict=True):
+            self.sessions[s].events.append(("gen", (gen, ctx, p)))
         return gens
 
     def close(self, session: int) -> None:
@@ -333,6 +337,14 @@ def test_token_accounting_is_exact_for_every_compaction_strategy(tiny: Tiny, str
     if strategy != "none":  # the Chatter never ends by itself: every episode outgrows its window
         assert all(e.num_compactions >= 1 for e in episodes)
     assert sum(e.reward for e in episodes) > 0
+
+
+def test_actions_and_summaries_of_one_round_share_one_generate(tiny: Tiny) -> None:
+    rec = strategy_run(tiny, "policy")
+    cfg = rec.config
+    limits = [sorted({p.max_new_tokens for p in ps}) for ps in rec.sampler.params]
+    assert [cfg.compaction.max_summary_tokens, cfg.max_response_tokens] in limits  # a mixed round
+    assert all(len(b) == len(set(b)) for b in rec.sampler.batches)  # each session once per round
 
 
 @pytest.mark.parametrize("name, options", [("graph_nav", {"size": "small"}), ("ledger", {"num_records": 5})])

@@ -173,6 +173,30 @@ def test_rows_finish_independently_in_one_batch(model) -> None:
     assert len(set(lengths)) > 1  # the rows really stopped at different steps
 
 
+def test_per_session_limits_share_one_batch(model) -> None:
+    """Each row stops at its own max_new_tokens; the rows' draws are the same as with one common limit,
+    so every row is a prefix of the uniform-limit run."""
+
+    def run(limits: list[int]) -> list[Generation]:
+        sampler = TorchSampler(model)
+        sessions = [sampler.open(p) for p in PROMPTS[:3]]
+        return sampler.generate(sessions, [SamplingParams(max_new_tokens=n, seed=3) for n in limits])
+
+    uniform, mixed = run([12, 12, 12]), run([3, 12, 7])
+    assert [len(g.token_ids) for g in mixed] == [3, 12, 7]
+    assert all(g.finish_reason == "length" for g in mixed)
+    for whole, part in zip(uniform, mixed, strict=True):
+        n = len(part.token_ids)
+        assert part.token_ids == whole.token_ids[:n]
+        assert part.logprobs == pytest.approx(whole.logprobs[:n], abs=1e-5)
+    sampler = TorchSampler(model)
+    sessions = [sampler.open(p) for p in PROMPTS[:2]]
+    with pytest.raises(ValueError, match="max_new_tokens only"):
+        sampler.generate(sessions, [SamplingParams(temperature=1.0), SamplingParams(temperature=0.5)])
+    with pytest.raises(ValueError, match="one per session"):
+        sampler.generate(sessions, [SamplingParams()])
+
+
 def test_same_seed_same_tokens_and_other_seed_other_tokens(model) -> None:
     def run(seed: int) -> list[Generation]:
         sampler = TorchSampler(model)
