@@ -18,7 +18,8 @@ Data flow inside ``TorchSampler.generate`` (one call, all sessions batched):
    ``position_ids`` continue each row at ``c_i``, so padding (which may sit in the middle of a row) never
    changes a row's result.
 3. One prefill forward over the ``(B, N)`` queued tokens, then one forward per decode step for the whole
-   batch, ``(B, 1)``. Rows stop on a stop token or at ``max_new_tokens``; a finished row's cache is
+   batch, ``(B, 1)``. Sessions with no cache yet and the same queue (the members of a GRPO group, which
+   share their prompt) are prefilled once and their cache copied. Rows stop on a stop token or at ``max_new_tokens``; a finished row's cache is
    cut out (dropping its padding columns) and the row leaves the batch.
 4. The last sampled token of a turn is not encoded in that call: it becomes the head of the session's
    queue, so history is never re-encoded and nothing is encoded twice.
@@ -186,6 +187,24 @@ def _make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
+def _prefill_groups(states: Sequence[_Session]) -> tuple[list[int], list[int]]:
+    """The rows to prefill, and for every row the position of its prefilled twin among them: sessions
+    with no cache yet and the same queue (a group's shared prompt) are encoded once."""
+    reps: list[int] = []
+    twin: list[int] = []
+    seen: dict[tuple[int, ...], int] = {}
+    for i, state in enumerate(states):
+        key = tuple(state.pending) if state.length == 0 else None
+        if key is not None and key in seen:
+            twin.append(seen[key])
+            continue
+        if key is not None:
+            seen[key] = len(reps)
+        twin.append(len(reps))
+        reps.append(i)
+    return reps, twin
+
+
 def _left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists with id 0: ids (B, N) int64 and mask (B, N) int64, 1 = real token."""
     width = max(len(r) for r in rows)
@@ -315,13 +334,20 @@ class TorchSampler:
         generator = _make_generator(params.seed, device)
         recorder = _Recorder(params, limits)
         capacity = max(s.length for s in states) + max(len(s.pending) for s in states) + max(limits)
-        cache, mask_BT, positions_B = self._batch_cache(states, capacity)
-        ids_BN, new_mask_BN = _left_pad([s.pending for s in states], device)
+        # Sessions that start from the same prompt (a GRPO group's) are prefilled once, then copied.
+        reps, twin = _prefill_groups(states)
+        unique = [states[i] for i in reps]
+        cache, mask_BT, positions_B = self._batch_cache(unique, capacity)
+        ids_BN, new_mask_BN = _left_pad([s.pending for s in unique], device)
         mask_BT = torch.cat([mask_BT, new_mask_BN], dim=1)
         position_ids_BN = (positions_B[:, None] + new_mask_BN.cumsum(dim=1) - 1).clamp_(min=0)
         positions_B = positions_B + new_mask_BN.sum(dim=1)
-        self.num_encoded_tokens += sum(len(s.pending) for s in states)
+        self.num_encoded_tokens += sum(len(s.pending) for s in unique)
         logits_BV = self._forward(ids_BN, mask_BT, position_ids_BN, cache)
+        if len(unique) < len(states):
+            index = torch.tensor(twin, device=device)
+            cache.batch_select_indices(index)
+            mask_BT, positions_B, logits_BV = mask_BT[index], positions_B[index], logits_BV[index]
         rows = list(range(len(states)))  # original index of each row still in the batch
         while True:
             uniforms = torch.rand(len(states), generator=generator, device=device)

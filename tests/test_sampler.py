@@ -94,6 +94,30 @@ def test_kv_cache_sampling_matches_full_recomputation(model, temperature) -> Non
         assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4)
 
 
+def test_sessions_sharing_a_prompt_are_prefilled_once(model) -> None:
+    """A group of four sessions on one prompt and one other session: the prompt is encoded once, and
+    every row samples what the full-recomputation reference samples from its own context (two turns,
+    so the copied caches are also the ones the second turn continues from)."""
+    prompts = [PROMPTS[1]] * 4 + [PROMPTS[0]]
+    sampler = TorchSampler(model)
+    sessions = [sampler.open(p) for p in prompts]
+    first = SamplingParams(temperature=1.0, max_new_tokens=5, seed=11)
+    gens = sampler.generate(sessions, first)
+    assert sampler.num_encoded_tokens == len(PROMPTS[1]) + len(PROMPTS[0]) + sum(
+        len(g.token_ids) - 1 for g in gens)  # each row's last sampled token is queued, not encoded
+    reference = generate_without_cache(model, prompts, first)
+    assert [g.token_ids for g in gens] == [g.token_ids for g in reference]
+    assert len({g.token_ids for g in gens[:4]}) > 1  # the group's rows sampled apart
+    contexts = [list(p) + list(g.token_ids) + [7, 8] for p, g in zip(prompts, gens, strict=True)]
+    for sid in sessions:
+        sampler.append(sid, [7, 8])
+    second = SamplingParams(temperature=1.0, max_new_tokens=4, seed=12)
+    again, want = sampler.generate(sessions, second), generate_without_cache(model, contexts, second)
+    for got, ref in zip(again, want, strict=True):
+        assert got.token_ids == ref.token_ids
+        assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-4)
+
+
 def test_a_session_gives_the_same_result_alone_and_in_a_batch(model) -> None:
     params = {"temperature": 0.0, "max_new_tokens": 7}
     _, alone_seq, alone_policy = _multi_turn(
