@@ -19,8 +19,9 @@ Data flow inside ``TorchSampler.generate`` (one call, all sessions batched):
    changes a row's result.
 3. One prefill forward over the ``(B, N)`` queued tokens, then one forward per decode step for the whole
    batch, ``(B, 1)``. Sessions with no cache yet and the same queue (the members of a GRPO group, which
-   share their prompt) are prefilled once and their cache copied. Rows stop on a stop token or at ``max_new_tokens``; a finished row's cache is
-   cut out (dropping its padding columns) and the row leaves the batch.
+   share their prompt) are prefilled once and their cache copied. Rows stop on a stop token or at
+   ``max_new_tokens``; a finished row's cache is cut out (dropping its padding columns) and the row
+   leaves the batch.
 4. The last sampled token of a turn is not encoded in that call: it becomes the head of the session's
    queue, so history is never re-encoded and nothing is encoded twice.
 
