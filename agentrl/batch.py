@@ -41,6 +41,7 @@ Choices that affect results:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
@@ -568,6 +569,44 @@ def common_prefix_length(input_ids: torch.Tensor, lengths: torch.Tensor) -> int:
     return cap if differs.numel() == 0 else int(differs[0])
 
 
+def prefix_groups(input_ids: torch.Tensor, lengths: torch.Tensor, base: int) -> list[tuple[int, list[int]]]:
+    """Rows of a right-padded batch that share more than their first ``base`` tokens (a GRPO group's task
+    after the system prompt), grouped so that reading each group's prefix once saves the most tokens.
+
+    The rows, sorted, form a trie; a run of rows whose neighbours share more than ``base`` tokens is one
+    group at its common prefix, unless splitting it where the neighbours share least saves more
+    (``(rows - 1) * (prefix - base)`` tokens per group). A prefix stops at ``length - 1`` so that every row
+    keeps a token of its own. Returns ``(prefix length, rows)`` for each group of two or more rows.
+    """
+    caps = (lengths - 1).tolist()
+    seqs = [input_ids[b, : caps[b]].tolist() for b in range(input_ids.shape[0])]
+    order = sorted(range(len(seqs)), key=lambda b: seqs[b])
+    links = [len(os.path.commonprefix([seqs[a], seqs[b]])) for a, b in zip(order, order[1:], strict=False)]
+
+    def best(lo: int, hi: int) -> tuple[int, list[tuple[int, list[int]]]]:
+        """The most tokens saved over rows ``order[lo..hi]``, and its groups."""
+        if lo >= hi:
+            return 0, []
+        weakest = min(links[lo:hi])
+        saved, groups, first = 0, [], lo
+        for cut in [i for i in range(lo, hi) if links[i] == weakest] + [hi]:
+            part_saved, part_groups = best(first, cut)
+            saved, groups, first = saved + part_saved, groups + part_groups, cut + 1
+        whole = (hi - lo) * (weakest - base)
+        if weakest > base and whole >= saved:
+            return whole, [(weakest, [order[i] for i in range(lo, hi + 1)])]
+        return saved, groups
+
+    return best(0, len(seqs) - 1)[1]
+
+
+def _with_no_group_row(x: torch.Tensor, n0: int) -> torch.Tensor:
+    """A cache tensor (G, H, n0 + M, D) of the groups, plus a last row for rows in no group: the common
+    prefix's n0 columns, then M zeros (masked)."""
+    blank = torch.cat([x[:1, :, :n0], x.new_zeros(1, x.shape[1], x.shape[2] - n0, x.shape[3])], dim=2)
+    return torch.cat([x, blank])
+
+
 def shared_prefix_forward(
     model: Callable[..., Any],
     input_ids: torch.Tensor,
@@ -577,36 +616,103 @@ def shared_prefix_forward(
     outputs: Callable[[Any], tuple[torch.Tensor, ...]],
     **kwargs: Any,
 ) -> tuple[torch.Tensor, ...]:
-    """``outputs(model(input_ids, attention_mask))``, with the rows' common prefix read once.
+    """``outputs(model(input_ids, attention_mask))``, with the prefixes the rows share read once.
 
     Rows of one environment start with the same system prompt and tool schemas, and a GRPO group's rows
-    with the same task: in agent episodes that shared prefix is often half of every sub-trace. When the
-    batch's common prefix (``common_prefix_length``) is at least ``min_prefix`` tokens, the model reads it
-    once, as a batch of one, with its key-value cache; the cache is repeated for the B rows, and the model
-    reads the rest of every row on top of it. Each per-position output (``outputs`` picks them from the
-    model's output, each ``(batch, positions, ...)``) is the prefix's, expanded to B rows, followed by the
-    rest's. Gradients flow through both passes, so the prefix's gradient is the sum over the rows, as in
+    go on with the same task: in agent episodes that shared prefix is often half of every sub-trace. When
+    the rows share at least ``min_prefix`` tokens, the model reads, with its key-value cache:
+
+    1. the prefix common to all rows (``common_prefix_length``), once, as a batch of one;
+    2. on top of it, the longer prefix of each group of rows (``prefix_groups``), once per group, left
+       padded to the longest (only when this costs fewer padded tokens than step 3 saves);
+    3. on top of its group's cache (or the common one), the rest of every row, right padded.
+
+    Padding sits in the middle of some rows; the attention mask hides it and explicit position ids
+    continue each row where its prefix ends, so no row's result changes. Each per-position output
+    (``outputs`` picks them from the model's output, each ``(batch, positions, ...)``) is gathered back
+    into the rows' own ``(B, T, ...)`` layout (values at padding positions are arbitrary, as in a full
+    pass). Gradients flow through every pass, so a prefix's gradient is the sum over its rows, as in
     one full pass; the results equal a full pass up to float rounding (tests/test_batch.py).
 
-    ``model`` must be a Hugging Face model that takes ``cache`` and ``use_cache`` (causal LMs and their
-    base models do). ``min_prefix`` 0 (or a shorter prefix) means one ordinary full pass.
-    ``kwargs`` go to every call (e.g. ``output_hidden_states=True``).
+    ``model`` must be a Hugging Face model that takes ``cache``, ``use_cache`` and ``position_ids`` and
+    keeps a ``DynamicCache`` of full-attention layers (causal LMs and their base models do).
+    ``min_prefix`` 0 (or shorter prefixes) means one ordinary full pass. ``kwargs`` go to every call
+    (e.g. ``output_hidden_states=True``).
     """
     if isinstance(min_prefix, bool) or not isinstance(min_prefix, int) or min_prefix < 0:
         raise ValueError(f"min_prefix: expected an int >= 0, got {min_prefix!r}")
-    n = common_prefix_length(input_ids, attention_mask.sum(dim=-1)) if min_prefix else 0
-    if n == 0 or n < min_prefix:
+    B, T = input_ids.shape
+    lengths = attention_mask.sum(dim=-1)
+    n0 = common_prefix_length(input_ids, lengths) if min_prefix else 0
+    groups = prefix_groups(input_ids, lengths, n0) if min_prefix and B > 1 else []
+    starts = [n0] * B
+    for prefix, rows in groups:
+        for r in rows:
+            starts[r] = prefix
+    M = max((prefix - n0 for prefix, _ in groups), default=0)
+    tail_width = max(int(n) - s for n, s in zip(lengths.tolist(), starts, strict=True))
+    if groups and len(groups) * M + B * tail_width >= B * (T - n0):  # the groups' pass would not pay
+        groups, starts, M, tail_width = [], [n0] * B, 0, T - n0
+    if max([n0] + [prefix for prefix, _ in groups]) < max(min_prefix, 1):
         return outputs(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs))
-    rows = input_ids.shape[0]
-    head = model(input_ids=input_ids[:1, :n], use_cache=True, **kwargs)
-    cache = head.cache
-    cache.batch_repeat_interleave(rows)
-    tail = model(input_ids=input_ids[:, n:], attention_mask=attention_mask, cache=cache, use_cache=True,
+
+    device, G = input_ids.device, len(groups)
+    pieces: list[tuple[torch.Tensor, ...]] = []  # every pass's outputs, flattened to (positions, ...)
+    cache = None
+    if n0:  # 1. the common prefix
+        head = model(input_ids=input_ids[:1, :n0], use_cache=True, **kwargs)
+        cache = head.cache
+        pieces.append(tuple(o[0] for o in outputs(head)))
+    group_mask = torch.zeros(G + 1, M, dtype=attention_mask.dtype, device=device)  # last row: no group
+    if G:  # 2. each group's prefix beyond the common one, left padded to M
+        ids = torch.zeros(G, M, dtype=input_ids.dtype, device=device)
+        for g, (prefix, rows) in enumerate(groups):
+            k = prefix - n0
+            ids[g, M - k :] = input_ids[rows[0], n0:prefix]
+            group_mask[g, M - k :] = 1
+        if cache is not None:
+            cache.batch_repeat_interleave(G)
+        mask = torch.cat([attention_mask.new_ones(G, n0), group_mask[:G]], dim=1)
+        positions = n0 + (group_mask[:G].cumsum(dim=1) - 1).clamp(min=0)
+        mid = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                    **kwargs)
+        cache = mid.cache
+        pieces.append(tuple(o.flatten(0, 1) for o in outputs(mid)))
+    # 3. the rest of every row, on its group's cache (rows in no group: the common prefix, then masked zeros)
+    slot = [G] * B
+    for g, (_, rows) in enumerate(groups):
+        for r in rows:
+            slot[r] = g
+    slots = torch.tensor(slot, device=device)
+    if cache is not None:
+        for layer in cache.layers:
+            if G:
+                layer.keys, layer.values = (_with_no_group_row(x, n0)[slots]
+                                            for x in (layer.keys, layer.values))
+            else:
+                layer.keys, layer.values = (x.expand(B, *x.shape[1:]) for x in (layer.keys, layer.values))
+    ids = torch.zeros(B, tail_width, dtype=input_ids.dtype, device=device)
+    tail_mask = torch.zeros(B, tail_width, dtype=attention_mask.dtype, device=device)
+    for b, (n, start) in enumerate(zip(lengths.tolist(), starts, strict=True)):
+        ids[b, : int(n) - start] = input_ids[b, start : int(n)]
+        tail_mask[b, : int(n) - start] = 1
+    mask = torch.cat([attention_mask.new_ones(B, n0), group_mask[slots], tail_mask], dim=1)
+    positions = torch.tensor(starts, device=device)[:, None] + torch.arange(tail_width, device=device)
+    tail = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                  **kwargs)
-    return tuple(
-        torch.cat([h.expand(rows, *h.shape[1:]), t], dim=1)
-        for h, t in zip(outputs(head), outputs(tail), strict=True)
-    )
+    pieces.append(tuple(o.flatten(0, 1) for o in outputs(tail)))
+
+    # where each (row, position) of the full layout lies in the concatenated pieces
+    index = torch.zeros(B, T, dtype=torch.long)
+    tail_at = (n0 + G * M) + torch.arange(B)[:, None] * tail_width
+    for b, (n, start) in enumerate(zip(lengths.tolist(), starts, strict=True)):
+        index[b, :n0] = torch.arange(n0)
+        if start > n0:
+            g = slot[b]
+            index[b, n0:start] = n0 + g * M + (M - (start - n0)) + torch.arange(start - n0)
+        index[b, start : int(n)] = tail_at[b] + torch.arange(int(n) - start)
+    index = index.to(device)
+    return tuple(torch.cat(parts)[index] for parts in zip(*pieces, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------------

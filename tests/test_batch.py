@@ -26,6 +26,7 @@ from agentrl.batch import (
     policy_logprobs,
     policy_row_count,
     policy_token_count,
+    prefix_groups,
     rows_from_episodes,
     set_fields,
     shared_prefix_forward,
@@ -541,3 +542,82 @@ def test_chunked_evaluation_with_a_shared_prefix_matches(policy):
     shared = evaluate_logprobs(policy, rows, max_tokens=48, shared_prefix=4)  # micro-batches of 2 rows
     for a, b in zip(plain, shared, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_prefix_groups_hand_cases():
+    def groups(rows: list[list[int]], base: int) -> list[tuple[int, list[int]]]:
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        return sorted(prefix_groups(ids, torch.tensor([len(r) for r in rows]), base))
+
+    # two tasks of a group each, past a common token; a row of its own
+    rows = [[9, 1, 2, 3, 7], [9, 1, 2, 3, 8], [9, 4, 5, 6], [9, 1, 2, 3, 6, 6], [9, 4, 5, 6, 2], [9, 8]]
+    assert groups(rows, base=1) == [(3, [2, 4]), (4, [0, 1, 3])]
+    # the groups share 3 tokens past the base but 9 within: two groups save 2*9 - ... more than one
+    a, b = [1, 2, 3] + [4] * 9, [1, 2, 3] + [5] * 9
+    assert groups([a + [0], a + [1], b + [0], b + [1]], base=0) == [(12, [0, 1]), (12, [2, 3])]
+    # one group of four at 3 saves 3 * 3 = 9 tokens; two groups at 4 save 1 + 1: one group wins
+    c, d = [1, 2, 3, 4], [1, 2, 3, 5]
+    assert groups([c + [0], c + [1], d + [0], d + [1]], base=0) == [(3, [0, 1, 2, 3])]
+    assert groups([[1, 2], [3, 4]], base=0) == []
+
+
+def _grouped_rows(first_differs: bool) -> list[Row]:
+    """Two tasks of three rows each (task prompts of 9 and 6 tokens after a 4-token system prompt), and
+    one short row of its own; with ``first_differs`` the tasks share no first token."""
+    g = torch.Generator().manual_seed(5)
+    system = torch.randint(0, VOCAB, (4,), generator=g)
+    rows = []
+    for task, prompt in enumerate((9, 6)):
+        head = torch.cat([system, torch.randint(0, VOCAB, (prompt,), generator=g)])
+        if first_differs:
+            head[0] = task
+        for k in range(3):
+            tail = torch.randint(0, VOCAB, (3 + 2 * k,), generator=g)
+            ids = torch.cat([head, tail])
+            mask = torch.zeros(len(ids), dtype=torch.bool)
+            mask[len(head) - 1 :] = True  # one policy token inside the prefix
+            rows.append(_row(len(ids), token_ids=ids, loss_mask=mask, episode_index=len(rows)))
+    alone = torch.cat([system, torch.randint(0, VOCAB, (2,), generator=g)])
+    rows.append(_row(6, token_ids=alone, loss_mask=torch.tensor([0, 0, 0, 0, 1, 1]), episode_index=len(rows)))
+    if first_differs:
+        rows[-1].token_ids[0] = 2
+    return rows
+
+
+@pytest.mark.parametrize("first_differs", [False, True])
+def test_groups_of_rows_read_their_prefix_once(first_differs):
+    torch.manual_seed(0)
+    policy = Qwen2ForCausalLM(_config()).double().eval()
+    batch = collate(_grouped_rows(first_differs))
+    results = []
+    for shared in (0, 4):
+        policy.zero_grad(set_to_none=True)
+        shapes, handle = _calls(policy)
+        out = policy_logprobs(policy, batch, with_entropy=True, shared_prefix=shared)
+        handle.remove()
+        (out.logprobs.sum() + 0.3 * out.entropy.sum()).backward()
+        results.append((out.logprobs, out.entropy, torch.cat([p.grad.flatten() for p in policy.parameters()]),
+                        shapes))
+    full, grouped = results
+    assert full[3] == [(7, 20)]
+    # the common system prompt once (unless the tasks differ at token 0), each task's prompt once (left
+    # padded to the longer), then every row's rest
+    expected = [(2, 13), (7, 7)] if first_differs else [(1, 4), (2, 9), (7, 7)]
+    assert grouped[3] == expected
+    for a, b in zip(full[:3], grouped[:3], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_groups_are_skipped_when_they_do_not_pay(policy):
+    rows = _grouped_rows(False)[:2] + [_prefixed_rows()[0]]  # a long row of its own sets the width
+    rows = [_row(r.num_tokens, token_ids=torch.cat([torch.tensor([1, 2, 3, 4, 5]), r.token_ids[5:]]),
+                 loss_mask=r.loss_mask, episode_index=i) for i, r in enumerate(rows)]
+    batch = collate(rows)
+    shapes, handle = _calls(policy)
+    with torch.no_grad():
+        shared = policy_logprobs(policy, batch, shared_prefix=4).logprobs
+        plain = policy_logprobs(policy, batch).logprobs
+    handle.remove()
+    assert shapes[:2] == [(1, 5), (3, batch.shape[1] - 5)]
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)

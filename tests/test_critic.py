@@ -183,9 +183,11 @@ def test_critics_read_a_shared_prefix_once_with_the_same_values_and_gradients():
             critic_values(lambda *_, v=values: v, batch).sum().backward()
             out.append((values, _grads(*models)))
         (v0, g0), (v1, g1) = out
-        torch.testing.assert_close(v0, v1, rtol=0, atol=1e-5, msg=name)
+        real = batch.attention_mask.bool()  # outputs at padding positions are arbitrary
+        torch.testing.assert_close(v0[real], v1[real], rtol=0, atol=1e-5, msg=name)
         torch.testing.assert_close(g0, g1, rtol=0, atol=1e-5, msg=name)
     with torch.no_grad():
         logits = [shared.policy_and_values(batch.input_ids, batch.attention_mask, shared_prefix=n)[0]
                   for n in (0, 2)]
-    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-5)
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(logits[0][real], logits[1][real], rtol=0, atol=1e-5)
