@@ -7,10 +7,13 @@ An explicit state machine. Every episode in flight is in one phase:
 - ``done``: ended; its ``Episode`` is built and its environment is free for the next task.
 
 Each round samples once for all episodes in ``summarise`` or ``act`` (one batched ``generate``, each
-session with its own token limit: ``max_summary_tokens`` or ``max_response_tokens``), then handles every
-result: an action goes to its environment, whose observation is
-appended as the chat-template delta (``ChatFormat.observation_ids``); the sampled tokens are kept exactly as
-sampled, never re-tokenised. Episodes start as others end, up to ``max_concurrent`` at a time.
+session with its own token limit), then handles every result. A batch lasts as long as its longest
+turn, so a summary longer than ``max_response_tokens`` is sampled in chunks of at most that many tokens,
+one per round (the session simply goes on from its last token), and a round never outlasts its longest
+action; the chunks make one summary turn in the sub-trace, exactly as one long turn would. Then an
+action goes to its environment, whose observation is appended as the chat-template delta
+(``ChatFormat.observation_ids``); the sampled tokens are kept exactly as sampled, never re-tokenised.
+Episodes start as others end, up to ``max_concurrent`` at a time.
 
 Three budgets, kept apart (``RunnerConfig``):
 
@@ -200,6 +203,7 @@ class _Run:
     phase: str = "act"
     closed: list[SubTrace] = field(default_factory=list)
     last: Generation | None = None
+    partial_summary: Generation | None = None  # the chunks of a summary sampled so far
     summary_saw_observation: bool = True
     num_turns: int = 0
     num_tool_errors: int = 0
@@ -296,7 +300,7 @@ class Runner:
             # one batch for actions and summaries alike, each with its own token limit
             batch = [r for r in active if r.phase in ("summarise", "act")]
             seed = rng.randrange(2**31)
-            params = [self._params(r.phase, seed) for r in batch]
+            params = [self._params(r, seed, chunked=not teacher) for r in batch]
             assert all(r.window is not None for r in batch)
             if teacher:
                 gens: list[Generation | None] = [
@@ -321,9 +325,15 @@ class Runner:
         metrics = run_metrics(episodes, failures, sampled_tokens, time.perf_counter() - start)
         return RunResult(episodes, failures, metrics)
 
-    def _params(self, phase: str, seed: int) -> SamplingParams:
+    def _params(self, run: _Run, seed: int, *, chunked: bool) -> SamplingParams:
+        """The run's sampling params: an action's, or the next chunk of a summary (at most an action's
+        length when ``chunked``, so that no round lasts longer than its longest action)."""
         cfg = self.config
-        limit = cfg.compaction.max_summary_tokens if phase == "summarise" else cfg.max_response_tokens
+        limit = cfg.max_response_tokens
+        if run.phase == "summarise":
+            so_far = len(run.partial_summary.token_ids) if run.partial_summary else 0
+            limit = cfg.compaction.max_summary_tokens - so_far
+            limit = min(limit, cfg.max_response_tokens) if chunked else limit
         return SamplingParams(
             temperature=cfg.temperature,
             top_p=cfg.top_p,
@@ -388,6 +398,16 @@ class Runner:
     def _on_generation(self, run: _Run, gen: Generation) -> None:
         window = run.window
         assert window is not None
+        if run.phase == "summarise":
+            if run.partial_summary is not None:  # a later chunk: the session continued the same turn
+                first = run.partial_summary
+                gen = Generation(first.token_ids + gen.token_ids, first.logprobs + gen.logprobs,
+                                 gen.finish_reason)
+            limit = self.config.compaction.max_summary_tokens
+            if gen.finish_reason == "length" and len(gen.token_ids) < limit:
+                run.partial_summary = gen  # sampled in chunks; the next round goes on
+                return
+            run.partial_summary = None
         window.add_sampled(gen)
         run.last = gen
         if run.phase == "summarise":

@@ -272,7 +272,8 @@ def check_accounting(rec: Recording) -> None:
             assert st.num_tokens <= cfg.context_budget
             n = len(session.prompt)
             mask, logprobs, rewards = [0] * n, [None] * n, [0.0] * n
-            gens = []
+            gens: list[Generation] = []
+            more = False  # the last generate was a summary chunk that the next one continues
             for event, (kind, value) in enumerate(session.events):
                 if kind == "append":
                     mask += [0] * len(value)
@@ -280,14 +281,20 @@ def check_accounting(rec: Recording) -> None:
                     rewards += [0.0] * len(value)
                     continue
                 gen, _, params = value
-                gens.append(gen)
                 mask += [1] * len(gen.token_ids)
                 logprobs += list(gen.logprobs)
                 rewards += [0.0] * len(gen.token_ids)
-                if is_summary(session, event, cfg, chat):
-                    assert params.max_new_tokens == cfg.compaction.max_summary_tokens
-                    cut_summaries += gen.finish_reason == "length"
+                if more or is_summary(session, event, cfg, chat):
+                    # a summary comes in chunks of at most max_response_tokens, one per round
+                    so_far = gens.pop() if more else Generation((), (), "length")
+                    room = cfg.compaction.max_summary_tokens - len(so_far.token_ids)
+                    assert params.max_new_tokens == min(room, cfg.max_response_tokens)
+                    gens.append(Generation(so_far.token_ids + gen.token_ids, so_far.logprobs + gen.logprobs,
+                                           gen.finish_reason))
+                    more = gen.finish_reason == "length" and params.max_new_tokens < room
+                    cut_summaries += gen.finish_reason == "length" and not more
                     continue
+                gens.append(gen)
                 assert params.max_new_tokens == cfg.max_response_tokens
                 assert (gen.finish_reason == "stop") == (gen.token_ids[-1] in chat.stop_token_ids)
                 assert gen.finish_reason == "stop" or len(gen.token_ids) == cfg.max_response_tokens
@@ -337,6 +344,16 @@ def test_token_accounting_is_exact_for_every_compaction_strategy(tiny: Tiny, str
     if strategy != "none":  # the Chatter never ends by itself: every episode outgrows its window
         assert all(e.num_compactions >= 1 for e in episodes)
     assert sum(e.reward for e in episodes) > 0
+
+
+def test_a_summary_longer_than_an_action_is_sampled_in_chunks(tiny: Tiny) -> None:
+    compaction = CompactionConfig("policy", keep_last_turns=2, max_summary_tokens=20)
+    cfg = strategy_config("policy", max_response_tokens=8, max_turns=40, compaction=compaction)
+    rec = tiny.record(cfg, Chatter, [Task(seed, f"group-{seed}") for seed in range(3)])
+    check_accounting(rec)  # each summary is one turn in its sub-trace, its chunks joined
+    assert all(e.num_compactions >= 1 for e in rec.result.episodes)
+    limits = {p.max_new_tokens for ps in rec.sampler.params for p in ps}
+    assert limits == {8, 4}  # no round asks for more than an action; a summary's last chunk is 20 - 16
 
 
 def test_actions_and_summaries_of_one_round_share_one_generate(tiny: Tiny) -> None:
