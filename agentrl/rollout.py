@@ -206,6 +206,24 @@ def _prefill_groups(states: Sequence[_Session]) -> tuple[list[int], list[int]]:
     return reps, twin
 
 
+def _encode_ahead_rows(lengths: Sequence[int], eligible: Sequence[bool]) -> list[int]:
+    """The rows whose queues (``lengths``) are cheaper to encode in a pass of their own: the eligible
+    rows longer than a threshold t, picked to minimise the padded tokens of both passes, ``ahead *
+    longest of them + rows * max(t, 1)``, against ``rows * longest`` for one pass; [] unless that saves
+    at least half of the padded tokens (a pass of its own has a fixed cost too)."""
+    rows, longest = len(lengths), max(lengths, default=0)
+    best_cost, best = rows * longest, []
+    floor = max([n for n, ok in zip(lengths, eligible, strict=True) if not ok], default=1)
+    for t in sorted({n for n in lengths if n >= floor}):
+        ahead = [i for i, n in enumerate(lengths) if n > t and eligible[i]]
+        if not ahead:
+            continue
+        cost = len(ahead) * max(lengths[i] for i in ahead) + rows * max(t, 1)
+        if cost < best_cost:
+            best_cost, best = cost, ahead
+    return best if best_cost <= rows * longest / 2 else []
+
+
 def _left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists with id 0: ids (B, N) int64 and mask (B, N) int64, 1 = real token."""
     width = max(len(r) for r in rows)
@@ -334,6 +352,7 @@ class TorchSampler:
         device = self.device
         generator = _make_generator(params.seed, device)
         recorder = _Recorder(params, limits)
+        self._encode_ahead(states)
         capacity = max(s.length for s in states) + max(len(s.pending) for s in states) + max(limits)
         # Sessions that start from the same prompt (a GRPO group's) are prefilled once, then copied.
         reps, twin = _prefill_groups(states)
@@ -369,6 +388,32 @@ class TorchSampler:
             self.num_encoded_tokens += len(rows)
             logits_BV = self._forward(tokens_B[:, None], mask_BT, positions_B[:, None], cache)
             positions_B = positions_B + 1
+
+    def _encode_ahead(self, states: list[_Session]) -> None:
+        """Encode the queues much longer than the rest of the batch's on their own, all but their last
+        token, so that the batched prefill is padded to the short queues only.
+
+        A window resumed after a compaction queues its whole context (prompt, summary, kept turns:
+        hundreds of tokens) while the other sessions queue an observation; prefilled together, every row
+        would be padded to the long one. ``_encode_ahead_rows`` picks the rows whose separate pass costs
+        fewer padded tokens; sessions that share a prompt with another are left to ``_prefill_groups``.
+        """
+        reps, twin = _prefill_groups(states)
+        alone = [twin.count(twin[i]) == 1 for i in range(len(states))]
+        ahead = _encode_ahead_rows([len(s.pending) for s in states], alone)
+        if not ahead:
+            return
+        group = [states[i] for i in ahead]
+        capacity = max(s.length for s in group) + max(len(s.pending) for s in group)
+        cache, mask_BT, positions_B = self._batch_cache(group, capacity)
+        ids_BN, new_mask_BN = _left_pad([s.pending[:-1] for s in group], self.device)
+        mask_BT = torch.cat([mask_BT, new_mask_BN], dim=1)
+        position_ids_BN = (positions_B[:, None] + new_mask_BN.cumsum(dim=1) - 1).clamp_(min=0)
+        self.num_encoded_tokens += sum(len(s.pending) - 1 for s in group)
+        self._forward(ids_BN, mask_BT, position_ids_BN, cache)
+        for row, state in enumerate(group):
+            self._store(state, cache, mask_BT, row)
+            state.pending = state.pending[-1:]
 
     def _forward(
         self, ids_BN: torch.Tensor, mask_BT: torch.Tensor, position_ids_BN: torch.Tensor, cache: DynamicCache

@@ -118,6 +118,36 @@ def test_sessions_sharing_a_prompt_are_prefilled_once(model) -> None:
         assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-4)
 
 
+def test_a_long_queue_is_encoded_on_its_own(model) -> None:
+    """Three sessions one turn in, then a new one with a 60-token prompt (a resumed window): the long
+    queue is encoded in a pass of its own, all but its last token, so the batch's prefill stays short;
+    the tokens are the full-recomputation reference's."""
+    sampler = TorchSampler(model)
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, seed=2)
+    sessions = [sampler.open(p) for p in PROMPTS]
+    gens = sampler.generate(sessions, params)
+    contexts = [list(p) + list(g.token_ids) + [7] for p, g in zip(PROMPTS, gens, strict=True)]
+    for sid in sessions:
+        sampler.append(sid, [7])
+    long_prompt = _ids(30, 60)
+    sessions.append(sampler.open(long_prompt))
+    contexts.append(long_prompt)
+    shapes: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        second = SamplingParams(temperature=1.0, max_new_tokens=5, seed=3)
+        got = sampler.generate(sessions, second)
+    finally:
+        hook.remove()
+    assert shapes[:2] == [(1, 59), (4, 2)]  # 59 tokens alone; then the last sampled token + 7, or the 60th
+    want = generate_without_cache(model, contexts, second)
+    for g, w in zip(got, want, strict=True):
+        assert g.token_ids == w.token_ids
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
+
+
 def test_a_session_gives_the_same_result_alone_and_in_a_batch(model) -> None:
     params = {"temperature": 0.0, "max_new_tokens": 7}
     _, alone_seq, alone_policy = _multi_turn(
