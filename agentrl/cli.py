@@ -162,9 +162,11 @@ def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("--eval-episodes", type=int, default=32,
                      help="held-out episodes played before and after (0: no evaluation)")
     sft.add_argument("--compaction", default="policy", help="policy, env, keep_last or none")
-    sft.add_argument("--keep-last", type=int, default=2, help="turns kept verbatim after a compaction")
-    sft.add_argument("--max-summary-tokens", type=int, default=128, help="the most tokens of a summary")
-    sft.add_argument("--max-response-tokens", type=int, default=128)
+    # Budgets of examples/*_graph_nav.yaml: the graph_nav small expert finishes every demonstration in them
+    # (with 128-token responses and summaries kept twice, the 1024-token window left it 12 of 32).
+    sft.add_argument("--keep-last", type=int, default=1, help="turns kept verbatim after a compaction")
+    sft.add_argument("--max-summary-tokens", type=int, default=64, help="the most tokens of a summary")
+    sft.add_argument("--max-response-tokens", type=int, default=48)
     sft.add_argument("--context-budget", type=int, default=1024)
     sft.add_argument("--max-turns", type=int, default=32)
     sft.add_argument("--max-total-tokens", type=int, default=None)

@@ -136,6 +136,19 @@ def test_cli_defaults_are_the_modules() -> None:
     assert (args.episodes, args.epochs, args.lr) == (sft.DEFAULT_EPISODES, sft.DEFAULT_EPOCHS, sft.DEFAULT_LR)
 
 
+def test_the_experts_finish_every_demonstration_in_the_cli_default_budgets(model_and_chat) -> None:
+    from agentrl.cli import _runner_config
+
+    args = build_parser().parse_args(["sft", "--env", "graph_nav", "--out", "x"])
+    compaction = CompactionConfig(strategy=args.compaction, keep_last_turns=args.keep_last,
+                                  max_summary_tokens=args.max_summary_tokens)
+    for looks in (True, False):
+        demos = sft.demonstrations("graph_nav", {"size": "small", "expert_looks": looks}, sft.demo_seeds(16),
+                                   model_and_chat[1], _runner_config(args, compaction))
+        assert len(demos) == 16 and all(e.info["success"] for e in demos)
+        assert any(e.num_compactions for e in demos)  # the windows are compacted, summaries and all
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
