@@ -398,7 +398,7 @@ class TorchSampler:
         would be padded to the long one. ``_encode_ahead_rows`` picks the rows whose separate pass costs
         fewer padded tokens; sessions that share a prompt with another are left to ``_prefill_groups``.
         """
-        reps, twin = _prefill_groups(states)
+        _, twin = _prefill_groups(states)
         alone = [twin.count(twin[i]) == 1 for i in range(len(states))]
         ahead = _encode_ahead_rows([len(s.pending) for s in states], alone)
         if not ahead:
