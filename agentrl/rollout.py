@@ -357,13 +357,7 @@ class TorchSampler:
         # Sessions that start from the same prompt (a GRPO group's) are prefilled once, then copied.
         reps, twin = _prefill_groups(states)
         unique = [states[i] for i in reps]
-        cache, mask_BT, positions_B = self._batch_cache(unique, capacity)
-        ids_BN, new_mask_BN = _left_pad([s.pending for s in unique], device)
-        mask_BT = torch.cat([mask_BT, new_mask_BN], dim=1)
-        position_ids_BN = (positions_B[:, None] + new_mask_BN.cumsum(dim=1) - 1).clamp_(min=0)
-        positions_B = positions_B + new_mask_BN.sum(dim=1)
-        self.num_encoded_tokens += sum(len(s.pending) for s in unique)
-        logits_BV = self._forward(ids_BN, mask_BT, position_ids_BN, cache)
+        cache, mask_BT, positions_B, logits_BV = self._prefill(unique, [s.pending for s in unique], capacity)
         if len(unique) < len(states):
             index = torch.tensor(twin, device=device)
             cache.batch_select_indices(index)
@@ -405,15 +399,24 @@ class TorchSampler:
             return
         group = [states[i] for i in ahead]
         capacity = max(s.length for s in group) + max(len(s.pending) for s in group)
-        cache, mask_BT, positions_B = self._batch_cache(group, capacity)
-        ids_BN, new_mask_BN = _left_pad([s.pending[:-1] for s in group], self.device)
-        mask_BT = torch.cat([mask_BT, new_mask_BN], dim=1)
-        position_ids_BN = (positions_B[:, None] + new_mask_BN.cumsum(dim=1) - 1).clamp_(min=0)
-        self.num_encoded_tokens += sum(len(s.pending) - 1 for s in group)
-        self._forward(ids_BN, mask_BT, position_ids_BN, cache)
+        cache, mask_BT, _, _ = self._prefill(group, [s.pending[:-1] for s in group], capacity)
         for row, state in enumerate(group):
             self._store(state, cache, mask_BT, row)
             state.pending = state.pending[-1:]
+
+    def _prefill(
+        self, states: list[_Session], queues: list[list[int]], capacity: int
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode ``queues[i]`` after session i's cache, all rows in one forward (caches and queues left
+        padded). Returns the batched cache, its mask (B, T), each row's next position (B,) and the logits
+        of each row's last column (B, V)."""
+        cache, mask_BT, positions_B = self._batch_cache(states, capacity)
+        ids_BN, new_mask_BN = _left_pad(queues, self.device)
+        mask_BT = torch.cat([mask_BT, new_mask_BN], dim=1)
+        position_ids_BN = (positions_B[:, None] + new_mask_BN.cumsum(dim=1) - 1).clamp_(min=0)
+        self.num_encoded_tokens += sum(len(q) for q in queues)
+        logits_BV = self._forward(ids_BN, mask_BT, position_ids_BN, cache)
+        return cache, mask_BT, positions_B + new_mask_BN.sum(dim=1), logits_BV
 
     def _forward(
         self, ids_BN: torch.Tensor, mask_BT: torch.Tensor, position_ids_BN: torch.Tensor, cache: DynamicCache
