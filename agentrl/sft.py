@@ -38,7 +38,7 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,7 @@ def finetune(
     grad_clip: float = 1.0,
     weight_decay: float = 0.0,
     pad_id: int = 0,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune ``policy`` in place on the policy tokens of ``episodes`` (behaviour cloning).
 
@@ -188,7 +189,8 @@ def finetune(
 
     Returns one dict per epoch: ``epoch``, ``sft/loss`` (the token-weighted mean NLL of its steps, per
     policy token, measured before each step), ``sft/grad_norm`` (mean, before clipping), ``sft/steps``,
-    ``sft/tokens`` (policy tokens) and ``sft/seconds``. The model is left in eval mode.
+    ``sft/tokens`` (policy tokens) and ``sft/seconds``; ``on_epoch`` gets each as its epoch ends. The
+    model is left in eval mode.
     """
     for name, value in (("epochs", epochs), ("micro_batch_tokens", micro_batch_tokens),
                         ("minibatch_rows", minibatch_rows)):
@@ -221,6 +223,8 @@ def finetune(
             "sft/steps": float(steps), "sft/tokens": float(tokens),
             "sft/seconds": time.perf_counter() - start,
         })
+        if on_epoch is not None:
+            on_epoch(history[-1])
     policy.eval()
     optimizer.zero_grad(set_to_none=True)
     return history
@@ -326,12 +330,16 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
         return _success(evaluate(policy, chat, s.env_name, s.options, held_out, runner_config, seed=s.seed))
 
     before = success()
-    history = finetune(policy, demos, epochs=s.epochs, lr=s.lr, micro_batch_tokens=s.micro_batch_tokens,
-                       seed=s.seed, temperature=runner_config.temperature, minibatch_rows=s.minibatch_rows,
-                       grad_clip=s.grad_clip, pad_id=pad_id)
-    for h in history:
+    if before is not None:
+        log(f"success on {len(held_out)} held-out episodes before fine-tuning: {before:.3f}")
+
+    def epoch_line(h: dict[str, float]) -> None:
         log(f"epoch {int(h['epoch'])}: loss {h['sft/loss']:.4f}  grad norm {h['sft/grad_norm']:.3f}  "
             f"{h['sft/seconds']:.1f}s")
+
+    history = finetune(policy, demos, epochs=s.epochs, lr=s.lr, micro_batch_tokens=s.micro_batch_tokens,
+                       seed=s.seed, temperature=runner_config.temperature, minibatch_rows=s.minibatch_rows,
+                       grad_clip=s.grad_clip, pad_id=pad_id, on_epoch=epoch_line)
     after = success()
     summary = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},

@@ -56,7 +56,10 @@ def test_finetune_lowers_the_nll_of_the_demonstrations(model_and_chat, demos) ->
     policy = type(model)(model.config)
     policy.load_state_dict(model.state_dict())
     before = sft.demo_nll(policy, demos, micro_batch_tokens=4096)
-    history = sft.finetune(policy, demos, epochs=3, lr=3e-3, micro_batch_tokens=4096, seed=0)
+    seen: list[dict[str, float]] = []
+    history = sft.finetune(policy, demos, epochs=3, lr=3e-3, micro_batch_tokens=4096, seed=0,
+                           on_epoch=seen.append)
+    assert seen == history
     after = sft.demo_nll(policy, demos, micro_batch_tokens=4096)
     assert [h["epoch"] for h in history] == [1.0, 2.0, 3.0]
     assert history[0]["sft/tokens"] == sum(e.num_policy_tokens for e in demos)
@@ -119,6 +122,9 @@ def test_cli_writes_a_loadable_model_and_sft_json(tiny_model_dir: Path, tmp_path
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "before 0.000" in printed and f"to {out}" in printed
+    # progress as it happens: the first evaluation, then each epoch, before the final line
+    order = [printed.index(x) for x in ("before fine-tuning: 0.000", "epoch 1: loss", "before 0.000")]
+    assert order == sorted(order)
     model, tokenizer = load_model(out)
     assert model.config.vocab_size == len(tokenizer)
     summary = json.loads((out / "sft.json").read_text())
