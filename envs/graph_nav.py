@@ -27,8 +27,13 @@ for each). The env has no turn cap of its own; the runner's ``max_turns`` is the
 
 The expert is an oracle over the hidden graph (networkx shortest paths): to the key, take it, to the
 lock, unlock, into the goal, one tool call per turn. With ``expert_looks`` (the default) it first looks
-in every room it enters, as an honest explorer must before it can name an exit; this doubles its turns
-and makes its demonstrations ones a partial-information policy could copy.
+in every room it enters, as an honest explorer must before it can name an exit; this doubles its turns.
+Its route still follows the hidden map, so a policy that sees only its observations cannot copy it
+step by step. With ``expert_explores`` the expert is instead an explorer that acts on what the agent
+has seen alone: it looks in every room it enters, takes every key it sees, walks (over the passages it
+has seen) to the nearest room it has seen but not visited, and once it has seen the locked door and
+carries the key of its material, walks there, unlocks it and goes through. Its demonstrations are ones
+a partial-information policy can imitate.
 """
 
 import math
@@ -47,7 +52,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": {"num_rooms": 40, "branching": 0.1, "distractors": 6, "verbosity": "normal"},
     "large": {"num_rooms": 300, "branching": 0.03, "distractors": 40, "verbosity": "verbose"},
 }
-KNOB_NAMES = ("size", "num_rooms", "branching", "distractors", "verbosity", "step_cost", "expert_looks")
+KNOB_NAMES = (
+    "size", "num_rooms", "branching", "distractors", "verbosity", "step_cost", "expert_looks",
+    "expert_explores",
+)
 FAR = 0.8  # the key and the lock are drawn among rooms at >= FAR * the largest distance
 
 _ADJECTIVES = (
@@ -105,6 +113,8 @@ class Knobs:
         verbosity: ``terse``, ``normal`` or ``verbose`` (adds flavour text to every ``look``).
         step_cost: reward subtracted per tool call; >= 0.
         expert_looks: whether the expert looks in each room it enters before acting.
+        expert_explores: whether the expert acts on what the agent has seen only (an explorer; it always
+            looks), instead of the oracle's shortest paths over the hidden map.
     """
 
     num_rooms: int
@@ -113,6 +123,7 @@ class Knobs:
     verbosity: str
     step_cost: float
     expert_looks: bool
+    expert_explores: bool = False
 
 
 def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
@@ -123,7 +134,8 @@ def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
     unknown = sorted(set(overrides) - set(KNOB_NAMES))
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown graph_nav option; known: {', '.join(KNOB_NAMES)}")
-    values: dict[str, Any] = {"step_cost": 0.0, "expert_looks": True, **PRESETS[size]}
+    defaults = {"step_cost": 0.0, "expert_looks": True, "expert_explores": False}
+    values: dict[str, Any] = {**defaults, **PRESETS[size]}
     values.update({k: v for k, v in overrides.items() if v is not None})
     n, b, d = values["num_rooms"], values["branching"], values["distractors"]
     if not isinstance(n, int) or isinstance(n, bool) or not 4 <= n <= MAX_ROOMS:
@@ -137,9 +149,11 @@ def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
     c = values["step_cost"]
     if not isinstance(c, int | float) or isinstance(c, bool) or not math.isfinite(c) or c < 0:
         raise ValueError(f"step_cost: expected a finite number >= 0, got {c!r}")
-    if not isinstance(values["expert_looks"], bool):
-        raise ValueError(f"expert_looks: expected a bool, got {values['expert_looks']!r}")
-    return Knobs(n, float(b), d, values["verbosity"], float(c), values["expert_looks"])
+    for flag in ("expert_looks", "expert_explores"):
+        if not isinstance(values[flag], bool):
+            raise ValueError(f"{flag}: expected a bool, got {values[flag]!r}")
+    return Knobs(n, float(b), d, values["verbosity"], float(c), values["expert_looks"],
+                 values["expert_explores"])
 
 
 @dataclass(frozen=True)
@@ -383,6 +397,8 @@ class GraphNav(ToolEnv):
         """The oracle's next tool call: shortest paths on the hidden graph to key, lock and goal."""
         if self._done:
             return None
+        if self.knobs.expert_explores:
+            return self._explorer_action()
         w = self.world
         if self.knobs.expert_looks and not self._looked_here:
             return format_tool_call("look", {})
@@ -398,6 +414,34 @@ class GraphNav(ToolEnv):
             preds = nx.predecessor(w.graph, target)
             self._hops[target] = {room: before[0] for room, before in preds.items() if before}
         return format_tool_call("move", {"to": self._hops[target][self._room]})
+
+    def _explorer_action(self) -> str | None:
+        """The explorer's next tool call (``expert_explores``), from what the agent has seen only: the
+        rooms it looked in (their exits and items), the rooms it visited and what it carries."""
+        w = self.world
+        if not self._looked_here:
+            return format_tool_call("look", {})
+        keys = [thing for thing in self._seen_items[self._room] if thing.endswith(" key")]
+        if keys:
+            return format_tool_call("take", {"item": keys[0]})
+        lock_seen = w.lock_room in self._known_exits  # its look showed the locked door and the material
+        if lock_seen and w.key in self._inventory:
+            if self._room == w.lock_room:
+                if not self._unlocked:
+                    return format_tool_call("unlock", {"room": w.goal})
+                return format_tool_call("move", {"to": w.goal})
+            return self._walk_towards({w.lock_room})
+        visited = set(self._visited)
+        frontier = {r for exits in self._known_exits.values() for r in exits if r not in visited}
+        return self._walk_towards(frontier) if frontier else None
+
+    def _walk_towards(self, targets: set[str]) -> str:
+        """One move along a shortest path, over the passages seen so far, to the nearest of ``targets``
+        (ties broken by name)."""
+        seen = nx.Graph((room, exit_) for room, exits in self._known_exits.items() for exit_ in exits)
+        distance = nx.single_source_shortest_path_length(seen, self._room)
+        nearest = min((distance[t], t) for t in targets if t in distance)[1]
+        return format_tool_call("move", {"to": nx.shortest_path(seen, self._room, nearest)[1]})
 
     def state_digest(self) -> str:
         """What the agent has observed so far: room, inventory, visited rooms, unexplored exits, the

@@ -52,6 +52,41 @@ def test_expert_solves_small_and_large_and_spans_10_to_200_plus_turns() -> None:
     assert max(turns["large"]) >= 400
 
 
+def test_explorer_expert_solves_without_a_failed_call_and_longer_than_the_oracle() -> None:
+    for size in ("small", "medium"):
+        medians = {}
+        for explores in (False, True):
+            env, solved, errors, turns = GraphNav(size=size, expert_explores=explores), 0, 0, []
+            for seed in range(200):
+                n, results = run_expert(env, seed)
+                solved += results[-1].info.get("success") is True
+                errors += sum(r.info["tool_errors"] for r in results)
+                turns.append(n)
+            assert solved >= 198 and errors == 0, (size, explores, solved, errors)
+            medians[explores] = sorted(turns)[100]
+        # it has to search: no shorter than the oracle, and much longer in the medium maze
+        assert medians[True] >= medians[False]
+    assert medians[True] > 1.5 * medians[False]
+
+
+def test_explorer_moves_on_what_it_has_seen_not_on_the_hidden_map() -> None:
+    """From the start room (which the task describes), with no key in sight, the explorer walks to the
+    first exit by name, wherever the key is; the oracle walks towards the key."""
+    differs = 0
+    for seed in range(40):
+        explorer, oracle = GraphNav(size="medium", expert_explores=True), GraphNav(size="medium")
+        explorer.reset(seed=seed)
+        oracle.reset(seed=seed)
+        if any(t.endswith(" key") for t in explorer._items[explorer.room]):
+            continue
+        first_exit = sorted(explorer.world.graph[explorer.room])[0]
+        if explorer.room == explorer.world.lock_room:
+            first_exit = sorted(r for r in explorer.world.graph[explorer.room] if r != explorer.world.goal)[0]
+        assert explorer.expert_action() == format_tool_call("move", {"to": first_exit})
+        differs += oracle.expert_action() != explorer.expert_action()
+    assert differs >= 10
+
+
 def test_same_seed_same_episode_and_seeds_differ() -> None:
     a, b = GraphNav(size="medium"), GraphNav(size="medium")
     assert a.reset(seed=7)[0] == b.reset(seed=7)[0]
@@ -172,7 +207,7 @@ def test_reset_options_override_knobs() -> None:
     ("option", "value"),
     [("size", "huge"), ("num_rooms", 3), ("num_rooms", 1001), ("num_rooms", 5.0), ("branching", 1.5),
      ("distractors", -1), ("verbosity", "loud"), ("step_cost", -0.1), ("expert_looks", "yes"),
-     ("colour", "red")],
+     ("expert_explores", 1), ("colour", "red")],
 )
 def test_bad_options_raise_value_error_naming_them(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option):
