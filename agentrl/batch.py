@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from agentrl.losses import logprobs_and_entropy
 from agentrl.types import Episode
@@ -500,15 +501,16 @@ def policy_logprobs(
         temperature: the sampling temperature (>= 0; 0, greedy, means 1 as in ``agentrl.rollout``).
         with_entropy: also return the per-token entropy.
         chunk_size: positions per chunk for ``logprobs_and_entropy`` (bounds its float32 copies).
-        shared_prefix: read the rows' common prefix once when it has at least this many tokens
-            (``shared_prefix_forward``; the policy must then be a Hugging Face model); 0: never.
+        shared_prefix: read the rows' shared prefixes once when they have at least this many tokens
+            (``shared_prefix_forward``); 0: never. Only a Hugging Face model (``PreTrainedModel``) can;
+            any other callable gets one full pass.
 
     Returns:
         ``PolicyOutput`` of (B, T) tensors.
     """
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature >= 0:
         raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
-    if shared_prefix:
+    if shared_prefix and isinstance(policy, PreTrainedModel):
         (logits,) = shared_prefix_forward(policy, batch.input_ids, batch.attention_mask,
                                           min_prefix=shared_prefix, outputs=lambda o: (o.logits,))
     else:

@@ -57,7 +57,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
 from agentrl.advantages import (
     broadcast_to_tokens,
@@ -199,13 +198,10 @@ class Learner:
         self.cfg, self.policy, self.critic = cfg, policy, critic
         self.reference = reference if cfg.needs_reference else None
         self.pad_id = pad_id
-        # The common prefix of a micro-batch is read once (optim.shared_prefix) by the models that can
-        # take a key-value cache: Hugging Face models, and critics whose forward takes ``shared_prefix``.
-        n = cfg.optim.shared_prefix
-        self.policy_prefix = n if isinstance(policy, PreTrainedModel) else 0
-        self.reference_prefix = n if isinstance(self.reference, PreTrainedModel) else 0
+        # Shared prefixes are read once (optim.shared_prefix): policy_logprobs does it for Hugging Face
+        # models; a critic does it when its forward takes ``shared_prefix`` (agentrl.critic's do).
         takes = critic is not None and "shared_prefix" in inspect.signature(critic.forward).parameters
-        self.critic_prefix = n if takes else 0
+        self.critic_prefix = cfg.optim.shared_prefix if takes else 0
         self.device = next(policy.parameters()).device
         self.temperature = cfg.rollout.temperature or 1.0  # 0 (greedy) is recorded as temperature 1
         self.policy_optimizer = _adamw(_trainable(policy), cfg.optim.actor_lr, cfg.optim)
@@ -228,7 +224,7 @@ class Learner:
         rows = rows_from_episodes(episodes)
         if self.reference is not None:
             ref = evaluate_logprobs(self.reference, rows, temperature=self.temperature,
-                                    **self._eval_kwargs(self.reference_prefix))
+                                    **self._eval_kwargs(self.cfg.optim.shared_prefix))
             rows = set_fields(rows, ref_logprobs=ref)
         if self.cfg.algorithm == "ppo":
             return self._prepare_ppo(episodes, rows)
@@ -450,10 +446,10 @@ class Learner:
         one forward pass."""
         if not self.shared:
             out = policy_logprobs(self.policy, batch, temperature=self.temperature, with_entropy=True,
-                                  shared_prefix=self.policy_prefix)
+                                  shared_prefix=self.cfg.optim.shared_prefix)
             return out, None
         logits, raw_values = self.critic.policy_and_values(  # type: ignore[union-attr]
-            batch.input_ids, batch.attention_mask, shared_prefix=self.policy_prefix
+            batch.input_ids, batch.attention_mask, shared_prefix=self.cfg.optim.shared_prefix
         )
         out = policy_logprobs(lambda **_: logits, batch, temperature=self.temperature, with_entropy=True)
         return out, critic_values(lambda *_: raw_values, batch)

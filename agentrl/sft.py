@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
 from agentrl.batch import Row, collate, pack, policy_logprobs, policy_token_count, rows_from_episodes
 from agentrl.chat import ChatFormat
@@ -66,11 +65,6 @@ DEFAULT_LR = 3e-3
 # A micro-batch's common prefix (an environment's system prompt and tools) is read once when it has at
 # least this many tokens (agentrl.batch.shared_prefix_forward), as optim.shared_prefix's default does.
 SHARED_PREFIX = 16
-
-
-def _prefix(policy: Any, shared_prefix: int) -> int:
-    """``shared_prefix`` for a Hugging Face model (which takes a key-value cache), else 0."""
-    return shared_prefix if isinstance(policy, PreTrainedModel) else 0
 
 
 def demo_seeds(n: int, seed: int = 0) -> list[int]:
@@ -158,7 +152,7 @@ def nll_step(
     for mb in pack(rows, max_tokens=micro_batch_tokens):
         batch = collate(rows, mb.indices, pad_id=pad_id).to(device)
         logprobs = policy_logprobs(policy, batch, temperature=temperature,
-                                   shared_prefix=_prefix(policy, shared_prefix)).logprobs  # (B, T)
+                                   shared_prefix=shared_prefix).logprobs  # (B, T)
         loss = aggregate(-logprobs, batch.loss_mask, "token-mean", num_tokens=n)
         loss.backward()
         total += loss.detach().double()
@@ -243,7 +237,7 @@ def demo_nll(
     for mb in pack(rows, max_tokens=micro_batch_tokens):
         batch = collate(rows, mb.indices, pad_id=pad_id).to(device)
         logprobs = policy_logprobs(policy, batch, temperature=temperature,
-                                   shared_prefix=_prefix(policy, SHARED_PREFIX)).logprobs
+                                   shared_prefix=SHARED_PREFIX).logprobs
         total += float(-logprobs.sum())
     return total / max(policy_token_count(rows), 1)
 

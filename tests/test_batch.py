@@ -531,6 +531,17 @@ def test_shared_prefix_shorter_than_the_minimum_is_one_full_pass(policy):
         handle.remove()
     assert shapes == [(4, 21), (4, 21)]
     assert torch.equal(long_min, plain)
+    # a model that is not a Hugging Face one (no key-value cache to share) gets one full pass
+    calls: list[int] = []
+    with torch.no_grad():
+        logits = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+        def plain_callable(**kw):
+            calls.append(1)
+            return logits
+
+        assert torch.equal(policy_logprobs(plain_callable, batch, shared_prefix=4).logprobs, plain)
+    assert calls == [1]
     with pytest.raises(ValueError, match="min_prefix: expected an int >= 0"):
         shared_prefix_forward(policy, batch.input_ids, batch.attention_mask, min_prefix=-1,
                               outputs=lambda o: (o.logits,))
