@@ -17,6 +17,11 @@ Hidden state (built in ``setup`` from the seeded ``random.Random`` only, so a se
   are scattered: keys of other materials (they do not fit) and junk.
 - Room names are adjective-noun pairs ("dusty-attic"), drawn without replacement, hence ``num_rooms`` is at
   most 1000. Observations list exits in sorted order, so text never depends on set or hash order.
+- Every room and item name in the text is quoted, exactly as a tool call's JSON argument writes it
+  (``Exits: "dusty-attic", "pale-hall".`` and ``{"to": "dusty-attic"}``). With byte-level BPE a word
+  after a space and the same word after a quote are different tokens (`` dusty`` against ``d``, ``ust``,
+  ``y``), so unquoted names would ask the policy to spell one token sequence as another; quoted, acting
+  on what it saw is copying tokens, which a small model learns (docs/results.md).
 
 What the agent sees: the task text describes the start room; afterwards only ``look`` describes the room
 it is in. ``move`` answers with one line, so an exploring agent looks after each move. A bad request
@@ -232,8 +237,23 @@ def _normal(text: str) -> str:
     return text
 
 
+def _q(name: str) -> str:
+    """A room or item name as the agent sees it: quoted, exactly as the tools take it (see the module
+    docstring)."""
+    return f'"{name}"'
+
+
+def _qs(names: list[str]) -> str:
+    return ", ".join(_q(n) for n in names)
+
+
 def _listing(words: list[str]) -> str:
+    words = [_q(w) for w in words]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
 
 
 class GraphNav(ToolEnv):
@@ -292,19 +312,19 @@ class GraphNav(ToolEnv):
         self._seen_items[room] = list(things)
         has_lock = room == w.lock_room and not self._unlocked
         if verbosity == "terse":
-            parts = [room, "exits: " + ", ".join(exits)]
-            parts += [f"locked: {w.goal} ({w.material} lock)"] if has_lock else []
-            parts += ["items: " + ", ".join(things)] if things else []
+            parts = [_q(room), "exits: " + _qs(exits)]
+            parts += [f"locked: {_q(w.goal)} ({w.material} lock)"] if has_lock else []
+            parts += ["items: " + _qs(things)] if things else []
             return " | ".join(parts)
-        lines = [f"You are in {room}."]
+        lines = [f"You are in {_q(room)}."]
         if verbosity == "verbose":
-            lines += list(w.flavour[room]) + [f"A passage leads to {r}." for r in exits]
+            lines += list(w.flavour[room]) + [f"A passage leads to {_q(r)}." for r in exits]
         else:
-            lines.append(f"Exits: {', '.join(exits)}.")
+            lines.append(f"Exits: {_qs(exits)}.")
         if has_lock:
-            lines.append(f"A door to {w.goal} is locked with a {w.material} lock.")
+            lines.append(f"A door to {_q(w.goal)} is locked with {_a(w.material)} lock.")
         elif room == w.lock_room:
-            lines.append(f"The door to {w.goal} stands unlocked.")
+            lines.append(f"The door to {_q(w.goal)} stands unlocked.")
         lines.append(f"You see: {_listing(things)}." if things else "There is nothing here to take.")
         return " ".join(lines)
 
@@ -315,10 +335,10 @@ class GraphNav(ToolEnv):
     def _adjacent(self, room: str, argument: str) -> str:
         wanted = _normal(room)
         if wanted == self._room:
-            raise ValueError(f"{argument}: you are already in {self._room}")
+            raise ValueError(f"{argument}: you are already in {_q(self._room)}")
         if wanted not in self.world.graph[self._room]:
-            exits = ", ".join(self._exits(self._room))
-            raise ValueError(f"{argument}: no passage from {self._room} to {room!r}; exits: {exits}")
+            exits = _qs(self._exits(self._room))
+            raise ValueError(f"{argument}: no passage from {_q(self._room)} to {_q(room)}; exits: {exits}")
         return wanted
 
     # ---- tools ---------------------------------------------------------------------------------------
@@ -339,15 +359,15 @@ class GraphNav(ToolEnv):
         self._charge()
         target = self._adjacent(to, "to")
         if target == self.world.goal and not self._unlocked:
-            return f"The door to {target} is locked with a {self.world.material} lock."
+            return f"The door to {_q(target)} is locked with {_a(self.world.material)} lock."
         self._room, self._looked_here = target, False
         if target not in self._visited:
             self._visited.append(target)
         if target == self.world.goal:
             self._done = True
             self.finish(1.0, success=True)
-            return f"You step through the door into {target}. You found the way out!"
-        return f"You walk into {target}."
+            return f"You step through the door into {_q(target)}. You found the way out!"
+        return f"You walk into {_q(target)}."
 
     @tool
     def take(self, item: str) -> str:
@@ -359,12 +379,12 @@ class GraphNav(ToolEnv):
         self._charge()
         wanted, here = _normal(item), self._items[self._room]
         if wanted not in here:
-            listed = ", ".join(here) if here else "nothing"
-            raise ValueError(f"item: there is no {item!r} in {self._room}; here: {listed}")
+            listed = _qs(here) if here else "nothing"
+            raise ValueError(f"item: there is no {_q(item)} in {_q(self._room)}; here: {listed}")
         here.remove(wanted)
         self._inventory.append(wanted)
         self._seen_items[self._room] = list(here)
-        return f"You take the {wanted}."
+        return f"You take the {_q(wanted)}."
 
     @tool
     def unlock(self, room: str) -> str:
@@ -376,20 +396,20 @@ class GraphNav(ToolEnv):
         self._charge()
         target, w = self._adjacent(room, "room"), self.world
         if target != w.goal or self._unlocked:
-            raise ValueError(f"room: the way to {target} is not locked")
+            raise ValueError(f"room: the way to {_q(target)} is not locked")
         if w.key in self._inventory:
             self._unlocked = True
-            return f"You unlock the door to {target} with the {w.key}."
+            return f"You unlock the door to {_q(target)} with the {_q(w.key)}."
         keys = [thing for thing in self._inventory if thing.endswith(" key")]
         if keys:
-            return f"None of your keys ({', '.join(keys)}) fits the {w.material} lock."
-        return f"You carry no key. The door to {target} has a {w.material} lock."
+            return f"None of your keys ({_qs(keys)}) fits the {w.material} lock."
+        return f"You carry no key. The door to {_q(target)} has {_a(w.material)} lock."
 
     @tool
     def inventory(self) -> str:
         """List the items you carry."""
         self._charge()
-        return f"You carry: {', '.join(self._inventory)}." if self._inventory else "You carry nothing."
+        return f"You carry: {_qs(self._inventory)}." if self._inventory else "You carry nothing."
 
     # ---- expert and digest ---------------------------------------------------------------------------
 
@@ -450,14 +470,14 @@ class GraphNav(ToolEnv):
         visited = set(self._visited)
         frontier = sorted({r for exits in self._known_exits.values() for r in exits if r not in visited})
         lines = [
-            f"Room: {self._room}.",
-            "Inventory: " + (", ".join(self._inventory) or "nothing") + ".",
-            f"Visited ({len(self._visited)}): {', '.join(self._visited)}.",
-            "Seen but not visited: " + (", ".join(frontier) or "none") + ".",
+            f"Room: {_q(self._room)}.",
+            "Inventory: " + (_qs(self._inventory) or "nothing") + ".",
+            f"Visited ({len(self._visited)}): {_qs(self._visited)}.",
+            "Seen but not visited: " + (_qs(frontier) or "none") + ".",
         ]
         if w.lock_room in self._known_exits:
             state = "unlocked" if self._unlocked else "locked"
-            lines.append(f"Door {w.lock_room} -> {w.goal}: {w.material} lock, {state}.")
-        seen = [f"{', '.join(things)} in {room}" for room, things in self._seen_items.items() if things]
+            lines.append(f"Door {_q(w.lock_room)} -> {_q(w.goal)}: {w.material} lock, {state}.")
+        seen = [f"{_qs(things)} in {_q(room)}" for room, things in self._seen_items.items() if things]
         lines.append("Items seen: " + ("; ".join(seen) or "none") + ".")
         return "\n".join(lines)

@@ -178,12 +178,40 @@ def test_state_digest_tracks_what_the_agent_saw() -> None:
     env.reset(seed=3)
     w = env.world
     first = env.state_digest()
-    assert f"Room: {w.start}." in first and "Inventory: nothing." in first
+    assert f'Room: "{w.start}".' in first and "Inventory: nothing." in first
     while w.key not in env.state_digest():
         env.step(env.expert_action())
     env.step(env.expert_action())  # take
     digest = env.state_digest()
-    assert f"Inventory: {w.key}." in digest and f"Door {w.lock_room} -> {w.goal}" in digest
+    assert f'Inventory: "{w.key}".' in digest and f'Door "{w.lock_room}" -> "{w.goal}"' in digest
+
+
+def test_names_in_calls_are_the_tokens_the_observations_showed(tiny_model_dir) -> None:
+    """Acting on what was seen is copying tokens: each argument of the expert's calls, as the tokenizer
+    splits the call, is a run of tokens of an earlier observation (names are quoted as calls write them)."""
+    from agentrl.models import load_model
+
+    tokenizer = load_model(tiny_model_dir)[1]
+    for seed in range(5):
+        env = GraphNav(size="small", expert_explores=True)
+        seen, _ = env.reset(seed=seed)
+        seen_ids = tokenizer(seen)["input_ids"]
+        while (call := env.expert_action()) is not None:
+            args = json.loads(call[call.index("{"):call.rindex("}") + 1])["arguments"]
+            call_ids = tokenizer(call)["input_ids"]
+            for value in args.values():
+                value_ids = tokenizer(json.dumps(value)[1:-1])["input_ids"]
+                assert _contains(call_ids, value_ids) and _contains(seen_ids, value_ids), (seed, value)
+            result = env.step(call)
+            for message in result.observation:
+                seen_ids += tokenizer(message.content)["input_ids"]
+            if result.terminated:
+                break
+        assert env.room == env.world.goal
+
+
+def _contains(ids: list[int], part: list[int]) -> bool:
+    return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
 
 
 def test_tools_have_schemas_the_model_can_call() -> None:
