@@ -136,6 +136,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
         env_name=args.env, options=dict(_parse_option(o) for o in args.env_option), out=Path(args.out),
         model=None if args.model is None else Path(args.model), size=args.size, episodes=args.episodes,
         epochs=args.epochs, lr=args.lr, seed=args.seed, eval_episodes=args.eval_episodes,
+        heldout_demos=args.heldout_demos,
     )
     summary = warm_start(settings, config)
     ev = summary["eval"]
@@ -161,6 +162,8 @@ def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("--seed", type=int, default=0)
     sft.add_argument("--eval-episodes", type=int, default=32,
                      help="held-out episodes played before and after (0: no evaluation)")
+    sft.add_argument("--heldout-demos", type=int, default=16,
+                     help="expert episodes on held-out seeds whose NLL is printed after each epoch (0: none)")
     sft.add_argument("--compaction", default="policy", help="policy, env, keep_last or none")
     # Budgets of examples/*_graph_nav.yaml: the graph_nav small expert finishes every demonstration in them
     # (with 128-token responses and summaries kept twice, the 1024-token window left it 12 of 32).

@@ -15,6 +15,12 @@
    into micro-batches by a token budget, log-probs aligned so that token t is scored by the output at
    t - 1.
 3. ``evaluate``: the success rate of the model on held-out seeds, sampled with the normal runner.
+4. ``heldout_nll``: the NLL of the expert's episodes on held-out seeds, never trained on, before
+   fine-tuning and after every epoch, split by what the tokens write (``token_kinds``: tool-call
+   argument values, the rest of the calls, text such as summaries). It costs seconds where an
+   evaluation costs minutes, and it shows what training loss hides: memorised demonstrations (training
+   loss far below it) and a policy that writes well-formed calls but cannot yet copy names from its
+   context (high ``argument`` NLL, near-zero ``call`` NLL).
 
 The goal is a starting checkpoint with *partial* success, which leaves RL room to improve; the CLI's
 defaults (few demonstrations, few epochs: a few CPU minutes) aim at that, and ``--episodes``,
@@ -53,6 +59,7 @@ from agentrl.models import init_model, load_model
 from agentrl.registry import make
 from agentrl.rollout import TorchSampler
 from agentrl.runner import NoSampler, Runner, RunnerConfig, RunResult, Task
+from agentrl.tools import OPEN_TAG
 from agentrl.types import Episode
 
 DEMO_SEED_START = 800_000_000  # demonstrations: DEMO_SEED_START + seed * 10**6 + i
@@ -184,8 +191,8 @@ def finetune(
 
     Returns one dict per epoch: ``epoch``, ``sft/loss`` (the token-weighted mean NLL of its steps, per
     policy token, measured before each step), ``sft/grad_norm`` (mean, before clipping), ``sft/steps``,
-    ``sft/tokens`` (policy tokens) and ``sft/seconds``; ``on_epoch`` gets each as its epoch ends. The
-    model is left in eval mode.
+    ``sft/tokens`` (policy tokens) and ``sft/seconds``; ``on_epoch`` gets each as its epoch ends and may
+    add its own measurements to it (``warm_start`` adds the held-out NLL). The model is left in eval mode.
     """
     for name, value in (("epochs", epochs), ("micro_batch_tokens", micro_batch_tokens),
                         ("minibatch_rows", minibatch_rows)):
@@ -242,6 +249,107 @@ def demo_nll(
     return total / max(policy_token_count(rows), 1)
 
 
+TOKEN_KINDS = ("argument", "call", "text")
+
+
+def _argument_ranges(text: str) -> list[tuple[int, int]]:
+    """Character ranges, in ``text``, of the argument values of its tool calls (strings without their
+    quotes, numbers and booleans as written); calls that do not parse contribute nothing."""
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    while (opened := text.find(OPEN_TAG, start)) >= 0:
+        body_start = text.find("{", opened)
+        start = opened + len(OPEN_TAG)
+        if body_start < 0:
+            break
+        try:
+            call, end = json.JSONDecoder().raw_decode(text, body_start)
+        except json.JSONDecodeError:
+            continue
+        arguments = call.get("arguments") if isinstance(call, dict) else None
+        at = text.find('"arguments"', body_start, end)
+        if not isinstance(arguments, dict) or at < 0:
+            continue
+        for value in arguments.values():
+            if isinstance(value, dict | list) or value is None:
+                continue
+            written = json.dumps(value)[1:-1] if isinstance(value, str) else json.dumps(value)
+            found = text.find(written, at, end)
+            if found >= 0 and written:
+                ranges.append((found, found + len(written)))
+                at = found + len(written)
+        start = end
+    return ranges
+
+
+def token_kinds(
+    token_ids: Sequence[int], loss_mask: Sequence[int], decode: Callable[[list[int]], str]
+) -> list[str | None]:
+    """What each policy token of a sub-trace writes: ``argument`` (a tool call's argument value: the room,
+    item or number the policy must get from its context), ``call`` (the rest of a reply that calls a
+    tool: tags, JSON, tool name) or ``text`` (a reply without a tool call: a summary, a final answer);
+    None where ``loss_mask`` is 0. ``decode`` turns token ids into text (the tokenizer's ``decode``)."""
+    kinds: list[str | None] = [None] * len(token_ids)
+    i = 0
+    while i < len(token_ids):
+        if not loss_mask[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(token_ids) and loss_mask[j]:
+            j += 1
+        span = list(token_ids[i:j])
+        text = decode(span)
+        if OPEN_TAG not in text:
+            kinds[i:j] = ["text"] * (j - i)
+        else:
+            ranges = _argument_ranges(text)
+            ends = [len(decode(span[: k + 1])) for k in range(len(span))]  # prefix decodes: byte-safe
+            for k in range(len(span)):
+                lo, hi = (ends[k - 1] if k else 0), ends[k]
+                inside = any(lo < b and a < hi for a, b in ranges)
+                kinds[i + k] = "argument" if inside else "call"
+        i = j
+    return kinds
+
+
+@torch.no_grad()
+def heldout_nll(
+    policy: Any, episodes: Sequence[Episode], decode: Callable[[list[int]], str], *, micro_batch_tokens: int,
+    temperature: float = 1.0, pad_id: int = 0,
+) -> dict[str, float]:
+    """The NLL per policy token of ``episodes`` (demonstrations the model is not trained on), in all and
+    by ``token_kinds``: ``nll``, ``nll/argument``, ``nll/call``, ``nll/text`` (a kind with no token is
+    left out). Training loss far below ``nll`` is memorisation; a high ``nll/argument`` with a low
+    ``nll/call`` is a policy that writes well-formed calls but cannot yet copy the names from its context.
+    The model's mode is restored."""
+    rows = [row for row in rows_from_episodes(episodes) if row.num_policy_tokens > 0]
+    if not rows:
+        raise ValueError("episodes: no policy tokens to score")
+    was_training = policy.training
+    policy.eval()
+    device = next(policy.parameters()).device
+    sums = {kind: 0.0 for kind in TOKEN_KINDS}
+    counts = {kind: 0 for kind in TOKEN_KINDS}
+    try:
+        for mb in pack(rows, max_tokens=micro_batch_tokens):
+            batch = collate(rows, mb.indices, pad_id=pad_id).to(device)
+            logprobs = policy_logprobs(policy, batch, temperature=temperature,
+                                       shared_prefix=SHARED_PREFIX).logprobs.double().cpu()
+            for b, r in enumerate(mb.indices):
+                row = rows[r]
+                kinds = token_kinds(row.token_ids.tolist(), row.loss_mask.tolist(), decode)
+                for t, kind in enumerate(kinds):
+                    if kind is not None:
+                        sums[kind] -= float(logprobs[b, t])
+                        counts[kind] += 1
+    finally:
+        policy.train(was_training)
+    out = {"nll": sum(sums.values()) / sum(counts.values())}
+    out.update({f"nll/{k}": sums[k] / counts[k] for k in TOKEN_KINDS if counts[k]})
+    return out
+
+
 # ---- the ``agentrl sft`` command --------------------------------------------------------------------
 
 
@@ -260,6 +368,8 @@ class SFTSettings:
         lr: AdamW's learning rate.
         seed: seeds the fresh model, the demonstration seeds, the shuffling and the evaluation's sampling.
         eval_episodes: held-out episodes (seeds ``eval_seeds``) played before and after; 0: no evaluation.
+        heldout_demos: the expert's episodes on the first ``heldout_demos`` evaluation seeds, never trained
+            on, whose NLL (``heldout_nll``) is measured before fine-tuning and after every epoch; 0: none.
         minibatch_rows: sub-traces per optimiser step.
         micro_batch_tokens: padded tokens per forward pass.
         grad_clip: the global gradient-norm clip.
@@ -275,6 +385,7 @@ class SFTSettings:
     lr: float = DEFAULT_LR
     seed: int = 0
     eval_episodes: int = 32
+    heldout_demos: int = 16
     minibatch_rows: int = 4
     micro_batch_tokens: int = 4096
     grad_clip: float = 1.0
@@ -284,10 +395,10 @@ class SFTSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-        if isinstance(self.eval_episodes, bool) or not isinstance(self.eval_episodes, int) or (
-            self.eval_episodes < 0
-        ):
-            raise ValueError(f"eval_episodes: expected an int >= 0, got {self.eval_episodes!r}")
+        for name in ("eval_episodes", "heldout_demos"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a finite number > 0, got {self.lr!r}")
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
@@ -318,6 +429,20 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
     log(f"demonstrations: {len(demos)} episodes, expert success {expert:.3f}, "
         f"{sum(e.num_policy_tokens for e in demos)} policy tokens of {sum(e.num_tokens for e in demos)}")
     held_out = eval_seeds(s.eval_episodes)
+    heldout_demos = demonstrations(s.env_name, s.options, eval_seeds(s.heldout_demos), chat, runner_config)
+
+    def heldout() -> dict[str, float]:
+        if not heldout_demos:
+            return {}
+        nll = heldout_nll(policy, heldout_demos, tokenizer.decode, micro_batch_tokens=s.micro_batch_tokens,
+                          temperature=runner_config.temperature, pad_id=pad_id)
+        return {f"heldout/{k}": v for k, v in nll.items()}
+
+    def heldout_line(h: Mapping[str, float]) -> str:
+        if not h:
+            return ""
+        parts = [f"{k.removeprefix('heldout/nll/')} {h[k]:.3f}" for k in h if k.startswith("heldout/nll/")]
+        return f"  held-out NLL {h['heldout/nll']:.4f} ({', '.join(parts)})"
 
     def success() -> float | None:
         if not held_out:
@@ -327,10 +452,14 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
     before = success()
     if before is not None:
         log(f"success on {len(held_out)} held-out episodes before fine-tuning: {before:.3f}")
+    nll_before = heldout()
+    if nll_before:
+        log(f"before fine-tuning:{heldout_line(nll_before)}")
 
     def epoch_line(h: dict[str, float]) -> None:
+        h.update(heldout())
         log(f"epoch {int(h['epoch'])}: loss {h['sft/loss']:.4f}  grad norm {h['sft/grad_norm']:.3f}  "
-            f"{h['sft/seconds']:.1f}s")
+            f"{h['sft/seconds']:.1f}s{heldout_line(h)}")
 
     history = finetune(policy, demos, epochs=s.epochs, lr=s.lr, micro_batch_tokens=s.micro_batch_tokens,
                        seed=s.seed, temperature=runner_config.temperature, minibatch_rows=s.minibatch_rows,
@@ -340,6 +469,7 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
         "runner": _plain(runner_config),
         "demonstrations": {"episodes": len(demos), "expert_success": expert},
+        "heldout_demonstrations": {"episodes": len(heldout_demos), **nll_before},
         "epochs": history,
         "eval": {"episodes": len(held_out), "success_before": before, "success_after": after},
     }

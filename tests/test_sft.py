@@ -114,17 +114,64 @@ def test_nll_step_is_the_token_mean_whatever_the_micro_batches(model_and_chat, d
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
+def test_token_kinds_mark_argument_values_calls_and_text(model_and_chat) -> None:
+    tokenizer = model_and_chat[1].tokenizer
+    call = '<tool_call>\n{"name": "move", "arguments": {"to": "pale-hall"}}\n</tool_call>'
+    read = '<tool_call>\n{"name": "read", "arguments": {"index": 12}}\n</tool_call>'
+    summary = 'Room: "pale-hall".'
+    context = tokenizer("You see it.")["input_ids"]
+    spans = [tokenizer(t)["input_ids"] for t in (call, read, summary)]
+    ids, mask = [], []
+    for span in spans:  # context, then a policy span, three times
+        ids += context + span
+        mask += [0] * len(context) + [1] * len(span)
+    kinds = sft.token_kinds(ids, mask, tokenizer.decode)
+    assert all(k is None for k, m in zip(kinds, mask, strict=True) if not m)
+    written = {kind: "".join(tokenizer.decode([i]) for i, k in zip(ids, kinds, strict=True) if k == kind)
+               for kind in sft.TOKEN_KINDS}
+    assert written["argument"] == "pale-hall12"  # exactly the argument values, from both calls
+    assert written["text"] == summary
+    assert written["call"] == call.replace("pale-hall", "") + read.replace("12", "")
+    # a call that does not parse has no argument tokens
+    broken = tokenizer('<tool_call>{"name": "move", "arguments": {"to": "pale-hall"</tool_call>')["input_ids"]
+    assert set(sft.token_kinds(broken, [1] * len(broken), tokenizer.decode)) == {"call"}
+
+
+def test_heldout_nll_splits_the_demo_nll_by_token_kind(model_and_chat) -> None:
+    model, chat = model_and_chat
+    compacted = replace(SHORT, max_turns=10, context_budget=900)  # summaries too
+    demos = sft.demonstrations("graph_nav", OPTIONS, sft.demo_seeds(2), chat, compacted)
+    got = sft.heldout_nll(model, demos, chat.tokenizer.decode, micro_batch_tokens=1)
+    assert got["nll"] == pytest.approx(sft.demo_nll(model, demos, micro_batch_tokens=4096), rel=1e-5)
+    # the slow, obvious version: each row alone, token by token
+    sums, counts = dict.fromkeys(sft.TOKEN_KINDS, 0.0), dict.fromkeys(sft.TOKEN_KINDS, 0)
+    with torch.no_grad():
+        for row in rows_from_episodes(demos):
+            logits = model(input_ids=row.token_ids[None]).logits[0].float()
+            logp = torch.log_softmax(logits[:-1], -1).gather(-1, row.token_ids[1:, None])[:, 0]
+            kinds = sft.token_kinds(row.token_ids.tolist(), row.loss_mask.tolist(), chat.tokenizer.decode)
+            for t, kind in enumerate(kinds):
+                if kind is not None:
+                    sums[kind] -= float(logp[t - 1])
+                    counts[kind] += 1
+    assert counts["argument"] > 0 and counts["call"] > 0 and counts["text"] > 0  # moves, looks, summaries
+    for kind in sft.TOKEN_KINDS:
+        assert got[f"nll/{kind}"] == pytest.approx(sums[kind] / counts[kind], rel=1e-4), kind
+    assert not model.training
+
+
 def test_cli_writes_a_loadable_model_and_sft_json(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "sft"
     argv = ["sft", "--env", "graph_nav", "--env-option", "size=small", "--env-option", "expert_looks=false",
             "--model", str(tiny_model_dir), "--out", str(out), "--episodes", "2", "--epochs", "1",
-            "--eval-episodes", "2", "--max-turns", "2", "--max-response-tokens", "24"]
+            "--eval-episodes", "2", "--heldout-demos", "2", "--max-turns", "2", "--max-response-tokens", "24"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "before 0.000" in printed and f"to {out}" in printed
     # progress as it happens: the first evaluation, then each epoch, before the final line
     order = [printed.index(x) for x in ("before fine-tuning: 0.000", "epoch 1: loss", "before 0.000")]
     assert order == sorted(order)
+    assert printed.count("held-out NLL") == 2  # before fine-tuning and after the epoch
     model, tokenizer = load_model(out)
     assert model.config.vocab_size == len(tokenizer)
     summary = json.loads((out / "sft.json").read_text())
@@ -132,6 +179,8 @@ def test_cli_writes_a_loadable_model_and_sft_json(tiny_model_dir: Path, tmp_path
     assert summary["demonstrations"]["episodes"] == 2
     assert summary["eval"]["episodes"] == 2 and summary["eval"]["success_before"] == 0.0
     assert len(summary["epochs"]) == 1 and summary["runner"]["max_turns"] == 2
+    assert summary["heldout_demonstrations"]["episodes"] == 2
+    assert summary["epochs"][0]["heldout/nll"] < summary["heldout_demonstrations"]["heldout/nll"]
     before, _ = load_model(tiny_model_dir)
     changed = any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters(), strict=True))
     assert changed
@@ -164,6 +213,7 @@ def test_the_experts_finish_every_demonstration_in_the_cli_default_budgets(model
         (["--env", "graph_nav", "--epochs", "0"], "epochs"),
         (["--env", "graph_nav", "--lr", "0"], "lr"),
         (["--env", "graph_nav", "--eval-episodes", "-1"], "eval_episodes"),
+        (["--env", "graph_nav", "--heldout-demos", "-1"], "heldout_demos"),
         (["--env", "graph_nav", "--compaction", "bogus"], "strategy"),
         (["--env", "graph_nav", "--size", "huge"], "size"),
         (["--env", "graph_nav", "--model", "/no/such/model"], "/no/such/model"),
