@@ -245,8 +245,8 @@ SLOW_PPO = ["rollout.max_turns=24", "run.iterations=8", "run.checkpoint_every=0"
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="not reached yet: on CPU in minutes, SFT of the ~1M tiny model on graph_nav small gets the "
-    "tool-call format right but misnames rooms and items; held-out success stays 0 (see agentrl/sft.py)",
+    reason="not reached yet: on CPU, SFT of the ~1M tiny model on graph_nav small learns the call format "
+    "but not to name the room it has just read; held-out success stays 0 (docs/results.md)",
 )
 def test_sft_beats_the_untrained_model_and_ppo_improves_on_it(tmp_path: Path, capsys) -> None:
     from agentrl.checkpoint import latest_checkpoint
