@@ -428,7 +428,8 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
     log(f"demonstrations: {len(demos)} episodes, expert success {expert:.3f}, "
         f"{sum(e.num_policy_tokens for e in demos)} policy tokens of {sum(e.num_tokens for e in demos)}")
     held_out = eval_seeds(s.eval_episodes)
-    heldout_demos = demonstrations(s.env_name, s.options, eval_seeds(s.heldout_demos), chat, runner_config)
+    heldout_demos = (demonstrations(s.env_name, s.options, eval_seeds(s.heldout_demos), chat, runner_config)
+                     if s.heldout_demos else [])
 
     def heldout() -> dict[str, float]:
         if not heldout_demos:
@@ -438,7 +439,7 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
         return {f"heldout/{k}": v for k, v in nll.items()}
 
     def heldout_line(h: Mapping[str, float]) -> str:
-        if not h:
+        if "heldout/nll" not in h:
             return ""
         parts = [f"{k.removeprefix('heldout/nll/')} {h[k]:.3f}" for k in h if k.startswith("heldout/nll/")]
         return f"  held-out NLL {h['heldout/nll']:.4f} ({', '.join(parts)})"

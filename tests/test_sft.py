@@ -186,6 +186,18 @@ def test_cli_writes_a_loadable_model_and_sft_json(tiny_model_dir: Path, tmp_path
     assert changed
 
 
+def test_cli_without_evaluation_or_heldout_demos(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sft"
+    assert main(["sft", "--env", "graph_nav", "--env-option", "size=small", "--model", str(tiny_model_dir),
+                 "--out", str(out), "--episodes", "1", "--epochs", "1", "--eval-episodes", "0",
+                 "--heldout-demos", "0", "--max-turns", "2"]) == 0
+    assert "held-out" not in capsys.readouterr().out
+    summary = json.loads((out / "sft.json").read_text())
+    assert summary["heldout_demonstrations"] == {"episodes": 0}
+    assert not any(k.startswith("heldout/") for k in summary["epochs"][0])
+    assert summary["eval"]["success_before"] is None
+
+
 def test_cli_defaults_are_the_modules() -> None:
     args = build_parser().parse_args(["sft", "--env", "graph_nav", "--out", "x"])
     assert (args.episodes, args.epochs, args.lr) == (sft.DEFAULT_EPISODES, sft.DEFAULT_EPOCHS, sft.DEFAULT_LR)
