@@ -20,8 +20,9 @@ Hidden state (built in ``setup`` from the seeded ``random.Random`` only, so a se
 - Every room and item name in the text is quoted, exactly as a tool call's JSON argument writes it
   (``Exits: "dusty-attic", "pale-hall".`` and ``{"to": "dusty-attic"}``). With byte-level BPE a word
   after a space and the same word after a quote are different tokens (`` dusty`` against ``d``, ``ust``,
-  ``y``), so unquoted names would ask the policy to spell one token sequence as another; quoted, acting
-  on what it saw is copying tokens, which a small model learns (docs/results.md).
+  ``y``), so unquoted names would ask the policy to spell one token sequence as another; quoted, a call's
+  argument is a run of tokens the observation showed. (On its own this did not make the tiny model learn
+  to copy names in CPU minutes: docs/results.md.)
 
 What the agent sees: the task text describes the start room; afterwards only ``look`` describes the room
 it is in. ``move`` answers with one line, so an exploring agent looks after each move. A bad request
