@@ -42,6 +42,7 @@ carries the key of its material, walks there, unlocks it and goes through. Its d
 a partial-information policy can imitate.
 """
 
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -239,9 +240,9 @@ def _normal(text: str) -> str:
 
 
 def _q(name: str) -> str:
-    """A room or item name as the agent sees it: quoted, exactly as the tools take it (see the module
-    docstring)."""
-    return f'"{name}"'
+    """A room or item name as the agent sees it: a JSON string, exactly as a tool call writes it (see the
+    module docstring); a malformed argument echoed back in an error stays unambiguous."""
+    return json.dumps(name)
 
 
 def _qs(names: list[str]) -> str:

@@ -245,3 +245,11 @@ def test_bad_options_raise_value_error_naming_them(option: str, value: object) -
 def test_presets_are_valid() -> None:
     for size in PRESETS:
         assert make_knobs(size).num_rooms == PRESETS[size]["num_rooms"]
+
+
+def test_errors_echo_the_argument_as_a_json_string() -> None:
+    env = GraphNav(size="small")
+    env.reset(seed=0)
+    result = env.step('<tool_call>{"name": "move", "arguments": {"to": "no\\"where"}}</tool_call>')
+    text = result.observation[0].content
+    assert 'to "no\\"where"' in text and f'from "{env.room}"' in text
