@@ -413,8 +413,10 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
 
     The output is an ordinary Hugging Face directory (weights and tokenizer, ``save_pretrained``),
     usable as ``model.path`` in a training config, plus ``sft.json``: the settings, the runner config,
-    the expert's success on the demonstrations, the per-epoch metrics and the success rates before and
-    after (None without evaluation). Returns what ``sft.json`` holds. ``log`` gets one line per stage.
+    the expert's success on the demonstrations, the held-out demonstrations' NLL before fine-tuning
+    (``heldout_nll``; after each epoch it is in that epoch's metrics), the per-epoch metrics and the
+    success rates before and after (None without evaluation). Returns what ``sft.json`` holds. ``log``
+    gets one line per stage.
     """
     s = settings
     make(s.env_name, **s.options)  # an unknown environment or option fails here, before any work
