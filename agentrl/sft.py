@@ -44,7 +44,7 @@ import math
 import random
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -232,20 +232,32 @@ def finetune(
 
 
 @torch.no_grad()
+def _scored_rows(
+    policy: Any, episodes: Sequence[Episode], *, micro_batch_tokens: int, temperature: float, pad_id: int
+) -> Iterator[tuple[Row, torch.Tensor]]:
+    """Each sub-trace of ``episodes`` with policy tokens, and its (T,) log-probs under ``policy`` (0 where
+    the loss mask is 0), scored in micro-batches of at most ``micro_batch_tokens`` padded tokens."""
+    rows = [row for row in rows_from_episodes(episodes) if row.num_policy_tokens > 0]
+    device = next(policy.parameters()).device
+    for mb in pack(rows, max_tokens=micro_batch_tokens):
+        batch = collate(rows, mb.indices, pad_id=pad_id).to(device)
+        logprobs = policy_logprobs(policy, batch, temperature=temperature,
+                                   shared_prefix=SHARED_PREFIX).logprobs.double().cpu()
+        for b, r in enumerate(mb.indices):
+            yield rows[r], logprobs[b, : len(rows[r].token_ids)]
+
+
 def demo_nll(
     policy: Any, episodes: Sequence[Episode], *, micro_batch_tokens: int, temperature: float = 1.0,
     pad_id: int = 0,
 ) -> float:
     """The token-mean NLL of the policy tokens of ``episodes`` under ``policy`` (no update)."""
-    rows = [row for row in rows_from_episodes(episodes) if row.num_policy_tokens > 0]
-    device = next(policy.parameters()).device
-    total = 0.0
-    for mb in pack(rows, max_tokens=micro_batch_tokens):
-        batch = collate(rows, mb.indices, pad_id=pad_id).to(device)
-        logprobs = policy_logprobs(policy, batch, temperature=temperature,
-                                   shared_prefix=SHARED_PREFIX).logprobs
-        total += float(-logprobs.sum())
-    return total / max(policy_token_count(rows), 1)
+    total, count = 0.0, 0
+    for row, logprobs in _scored_rows(policy, episodes, micro_batch_tokens=micro_batch_tokens,
+                                      temperature=temperature, pad_id=pad_id):
+        total -= float(logprobs.sum())
+        count += row.num_policy_tokens
+    return total / max(count, 1)
 
 
 TOKEN_KINDS = ("argument", "call", "text")
@@ -322,28 +334,22 @@ def heldout_nll(
     left out). Training loss far below ``nll`` is memorisation; a high ``nll/argument`` with a low
     ``nll/call`` is a policy that writes well-formed calls but cannot yet copy the names from its context.
     The model's mode is restored."""
-    rows = [row for row in rows_from_episodes(episodes) if row.num_policy_tokens > 0]
-    if not rows:
-        raise ValueError("episodes: no policy tokens to score")
     was_training = policy.training
     policy.eval()
-    device = next(policy.parameters()).device
     sums = {kind: 0.0 for kind in TOKEN_KINDS}
     counts = {kind: 0 for kind in TOKEN_KINDS}
     try:
-        for mb in pack(rows, max_tokens=micro_batch_tokens):
-            batch = collate(rows, mb.indices, pad_id=pad_id).to(device)
-            logprobs = policy_logprobs(policy, batch, temperature=temperature,
-                                       shared_prefix=SHARED_PREFIX).logprobs.double().cpu()
-            for b, r in enumerate(mb.indices):
-                row = rows[r]
-                kinds = token_kinds(row.token_ids.tolist(), row.loss_mask.tolist(), decode)
-                for t, kind in enumerate(kinds):
-                    if kind is not None:
-                        sums[kind] -= float(logprobs[b, t])
-                        counts[kind] += 1
+        for row, logprobs in _scored_rows(policy, episodes, micro_batch_tokens=micro_batch_tokens,
+                                          temperature=temperature, pad_id=pad_id):
+            kinds = token_kinds(row.token_ids.tolist(), row.loss_mask.tolist(), decode)
+            for t, kind in enumerate(kinds):
+                if kind is not None:
+                    sums[kind] -= float(logprobs[t])
+                    counts[kind] += 1
     finally:
         policy.train(was_training)
+    if not sum(counts.values()):
+        raise ValueError("episodes: no policy tokens to score")
     out = {"nll": sum(sums.values()) / sum(counts.values())}
     out.update({f"nll/{k}": sums[k] / counts[k] for k in TOKEN_KINDS if counts[k]})
     return out
