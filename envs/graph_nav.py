@@ -23,6 +23,11 @@ Hidden state (built in ``setup`` from the seeded ``random.Random`` only, so a se
   ``y``), so unquoted names would ask the policy to spell one token sequence as another; quoted, a call's
   argument is a run of tokens the observation showed. (On its own this did not make the tiny model learn
   to copy names in CPU minutes: docs/results.md.)
+- With ``numbered``, ``look`` numbers the exits (the open passages by name, then the door to the goal,
+  locked or not, so a room's numbers hold for the whole episode) and the items (``Exits: [1]
+  "dusty-attic", [2] "pale-hall".``), and ``move``, ``take`` and ``unlock`` take a listed number in place
+  of a name (``{"to": "2"}``); a name still works, and the experts write numbers. A choice is then one
+  digit to pick rather than a name to copy, which a small model trained from scratch learns far sooner.
 
 What the agent sees: the task text describes the start room; afterwards only ``look`` describes the room
 it is in. ``move`` answers with one line, so an exploring agent looks after each move. A bad request
@@ -61,7 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 KNOB_NAMES = (
     "size", "num_rooms", "branching", "distractors", "verbosity", "step_cost", "expert_looks",
-    "expert_explores",
+    "expert_explores", "numbered",
 )
 FAR = 0.8  # the key and the lock are drawn among rooms at >= FAR * the largest distance
 
@@ -122,6 +127,8 @@ class Knobs:
         expert_looks: whether the expert looks in each room it enters before acting.
         expert_explores: whether the expert acts on what the agent has seen only (an explorer; it always
             looks), instead of the oracle's shortest paths over the hidden map.
+        numbered: whether ``look`` numbers the exits and the items (``[2] "pale-hall"``) and the tools
+            take a listed number in place of a name (``{"to": "2"}``); the experts then write numbers.
     """
 
     num_rooms: int
@@ -131,6 +138,7 @@ class Knobs:
     step_cost: float
     expert_looks: bool
     expert_explores: bool = False
+    numbered: bool = False
 
 
 def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
@@ -141,7 +149,7 @@ def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
     unknown = sorted(set(overrides) - set(KNOB_NAMES))
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown graph_nav option; known: {', '.join(KNOB_NAMES)}")
-    defaults = {"step_cost": 0.0, "expert_looks": True, "expert_explores": False}
+    defaults = {"step_cost": 0.0, "expert_looks": True, "expert_explores": False, "numbered": False}
     values: dict[str, Any] = {**defaults, **PRESETS[size]}
     values.update({k: v for k, v in overrides.items() if v is not None})
     n, b, d = values["num_rooms"], values["branching"], values["distractors"]
@@ -156,11 +164,11 @@ def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
     c = values["step_cost"]
     if not isinstance(c, int | float) or isinstance(c, bool) or not math.isfinite(c) or c < 0:
         raise ValueError(f"step_cost: expected a finite number >= 0, got {c!r}")
-    for flag in ("expert_looks", "expert_explores"):
+    for flag in ("expert_looks", "expert_explores", "numbered"):
         if not isinstance(values[flag], bool):
             raise ValueError(f"{flag}: expected a bool, got {values[flag]!r}")
     return Knobs(n, float(b), d, values["verbosity"], float(c), values["expert_looks"],
-                 values["expert_explores"])
+                 values["expert_explores"], values["numbered"])
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,7 @@ def _qs(names: list[str]) -> str:
 
 
 def _listing(words: list[str]) -> str:
-    words = [_q(w) for w in words]
+    """Already shown words as a list in prose: ``a``, ``a and b``, ``a, b and c``."""
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
@@ -305,6 +313,34 @@ class GraphNav(ToolEnv):
         locked = room == self.world.lock_room and not self._unlocked
         return sorted(r for r in self.world.graph[room] if not (locked and r == self.world.goal))
 
+    def _doors(self, room: str) -> list[str]:
+        """The exits of ``room`` in the order ``numbered`` counts them: the open passages by name, then the
+        door to the goal, locked or not (so a number never changes within an episode)."""
+        w = self.world
+        passages = sorted(r for r in w.graph[room] if r != w.goal)
+        return passages + ([w.goal] if room == w.lock_room else [])
+
+    def _shown(self, names: list[str]) -> list[str]:
+        """``names`` as the agent sees them: quoted, each after its number (from 1) where ``numbered``."""
+        if not self.knobs.numbered:
+            return [_q(n) for n in names]
+        return [f"[{i}] {_q(n)}" for i, n in enumerate(names, 1)]
+
+    def _pick(self, argument: str, value: str, names: list[str]) -> str:
+        """A tool argument as a name: where ``numbered`` and ``value`` is a number, the name it numbers in
+        ``names`` (ValueError, naming ``argument``, for a number that is not listed); else ``value``."""
+        number = value.strip() if isinstance(value, str) else ""
+        if not (self.knobs.numbered and number.isascii() and number.isdigit()):
+            return value
+        if not 1 <= int(number) <= len(names):
+            listed = ", ".join(self._shown(names)) or "nothing"
+            raise ValueError(f"{argument}: nothing here is numbered [{int(number)}]; listed: {listed}")
+        return names[int(number) - 1]
+
+    def _ref(self, name: str, names: list[str]) -> str:
+        """How the experts write ``name``, one of ``names``: its number where ``numbered``, else itself."""
+        return str(names.index(name) + 1) if self.knobs.numbered else name
+
     def _describe(self) -> str:
         """Describe the current room and record what the agent now knows (for ``state_digest``)."""
         room, w, verbosity = self._room, self.world, self.knobs.verbosity
@@ -313,21 +349,27 @@ class GraphNav(ToolEnv):
         self._known_exits[room] = exits
         self._seen_items[room] = list(things)
         has_lock = room == w.lock_room and not self._unlocked
+        if self.knobs.numbered:  # the passages, then the door to the goal, numbered in that order
+            shown = self._shown(self._doors(room))
+            passages, door = (shown[:-1], shown[-1]) if room == w.lock_room else (shown, "")
+        else:
+            passages, door = self._shown(exits), _q(w.goal)
+        shown_things = self._shown(things)
         if verbosity == "terse":
-            parts = [_q(room), "exits: " + _qs(exits)]
-            parts += [f"locked: {_q(w.goal)} ({w.material} lock)"] if has_lock else []
-            parts += ["items: " + _qs(things)] if things else []
+            parts = [_q(room), "exits: " + ", ".join(passages)]
+            parts += [f"locked: {door} ({w.material} lock)"] if has_lock else []
+            parts += ["items: " + ", ".join(shown_things)] if things else []
             return " | ".join(parts)
         lines = [f"You are in {_q(room)}."]
         if verbosity == "verbose":
-            lines += list(w.flavour[room]) + [f"A passage leads to {_q(r)}." for r in exits]
+            lines += list(w.flavour[room]) + [f"A passage leads to {r}." for r in passages]
         else:
-            lines.append(f"Exits: {_qs(exits)}.")
+            lines.append(f"Exits: {', '.join(passages)}.")
         if has_lock:
-            lines.append(f"A door to {_q(w.goal)} is locked with {_a(w.material)} lock.")
+            lines.append(f"A door to {door} is locked with {_a(w.material)} lock.")
         elif room == w.lock_room:
-            lines.append(f"The door to {_q(w.goal)} stands unlocked.")
-        lines.append(f"You see: {_listing(things)}." if things else "There is nothing here to take.")
+            lines.append(f"The door to {door} stands unlocked.")
+        lines.append(f"You see: {_listing(shown_things)}." if things else "There is nothing here to take.")
         return " ".join(lines)
 
     def _charge(self) -> None:
@@ -339,7 +381,8 @@ class GraphNav(ToolEnv):
         if wanted == self._room:
             raise ValueError(f"{argument}: you are already in {_q(self._room)}")
         if wanted not in self.world.graph[self._room]:
-            exits = _qs(self._exits(self._room))
+            exits = ", ".join(self._shown(self._doors(self._room) if self.knobs.numbered
+                                          else self._exits(self._room)))
             raise ValueError(f"{argument}: no passage from {_q(self._room)} to {_q(room)}; exits: {exits}")
         return wanted
 
@@ -356,10 +399,11 @@ class GraphNav(ToolEnv):
         """Walk to an adjacent room through an open passage or an unlocked door.
 
         Args:
-            to: the name of an adjacent room, as look lists it (e.g. "dusty-attic").
+            to: the name of an adjacent room, as look lists it (e.g. "dusty-attic"), or its number where
+                look numbers the exits (e.g. "2").
         """
         self._charge()
-        target = self._adjacent(to, "to")
+        target = self._adjacent(self._pick("to", to, self._doors(self._room)), "to")
         if target == self.world.goal and not self._unlocked:
             return f"The door to {_q(target)} is locked with {_a(self.world.material)} lock."
         self._room, self._looked_here = target, False
@@ -376,12 +420,14 @@ class GraphNav(ToolEnv):
         """Pick up an item lying in the current room.
 
         Args:
-            item: the item's name, as look lists it (e.g. "brass key").
+            item: the item's name, as look lists it (e.g. "brass key"), or its number where look numbers
+                the items.
         """
         self._charge()
-        wanted, here = _normal(item), self._items[self._room]
+        here = self._items[self._room]
+        wanted = _normal(self._pick("item", item, here))
         if wanted not in here:
-            listed = _qs(here) if here else "nothing"
+            listed = ", ".join(self._shown(here)) or "nothing"
             raise ValueError(f"item: there is no {_q(item)} in {_q(self._room)}; here: {listed}")
         here.remove(wanted)
         self._inventory.append(wanted)
@@ -393,10 +439,10 @@ class GraphNav(ToolEnv):
         """Unlock the locked door from the current room to an adjacent room, with a key you carry.
 
         Args:
-            room: the room behind the locked door.
+            room: the room behind the locked door, or its number where look numbers the exits.
         """
         self._charge()
-        target, w = self._adjacent(room, "room"), self.world
+        target, w = self._adjacent(self._pick("room", room, self._doors(self._room)), "room"), self.world
         if target != w.goal or self._unlocked:
             raise ValueError(f"room: the way to {_q(target)} is not locked")
         if w.key in self._inventory:
@@ -427,15 +473,15 @@ class GraphNav(ToolEnv):
         if w.key not in self._inventory:
             target = w.key_room  # nothing can move the key but take
             if target == self._room:
-                return format_tool_call("take", {"item": w.key})
+                return format_tool_call("take", {"item": self._ref(w.key, self._items[self._room])})
         elif not self._unlocked and self._room == w.lock_room:
-            return format_tool_call("unlock", {"room": w.goal})
+            return format_tool_call("unlock", {"room": self._ref(w.goal, self._doors(self._room))})
         else:
             target = w.goal if self._unlocked else w.lock_room
         if target not in self._hops:  # one BFS per target and episode; a room's BFS parent is its next step
             preds = nx.predecessor(w.graph, target)
             self._hops[target] = {room: before[0] for room, before in preds.items() if before}
-        return format_tool_call("move", {"to": self._hops[target][self._room]})
+        return self._move(self._hops[target][self._room])
 
     def _explorer_action(self) -> str | None:
         """The explorer's next tool call (``expert_explores``), from what the agent has seen only: the
@@ -445,13 +491,13 @@ class GraphNav(ToolEnv):
             return format_tool_call("look", {})
         keys = [thing for thing in self._seen_items[self._room] if thing.endswith(" key")]
         if keys:
-            return format_tool_call("take", {"item": keys[0]})
+            return format_tool_call("take", {"item": self._ref(keys[0], self._items[self._room])})
         lock_seen = w.lock_room in self._known_exits  # its look showed the locked door and the material
         if lock_seen and w.key in self._inventory:
             if self._room == w.lock_room:
                 if not self._unlocked:
-                    return format_tool_call("unlock", {"room": w.goal})
-                return format_tool_call("move", {"to": w.goal})
+                    return format_tool_call("unlock", {"room": self._ref(w.goal, self._doors(self._room))})
+                return self._move(w.goal)
             return self._walk_towards({w.lock_room})
         visited = set(self._visited)
         frontier = {r for exits in self._known_exits.values() for r in exits if r not in visited}
@@ -463,7 +509,11 @@ class GraphNav(ToolEnv):
         seen = nx.Graph((room, exit_) for room, exits in self._known_exits.items() for exit_ in exits)
         distance = nx.single_source_shortest_path_length(seen, self._room)
         nearest = min((distance[t], t) for t in targets if t in distance)[1]
-        return format_tool_call("move", {"to": nx.shortest_path(seen, self._room, nearest)[1]})
+        return self._move(nx.shortest_path(seen, self._room, nearest)[1])
+
+    def _move(self, room: str) -> str:
+        """The experts' call that moves to the adjacent ``room``."""
+        return format_tool_call("move", {"to": self._ref(room, self._doors(self._room))})
 
     def state_digest(self) -> str:
         """What the agent has observed so far: room, inventory, visited rooms, unexplored exits, the

@@ -235,7 +235,7 @@ def test_reset_options_override_knobs() -> None:
     ("option", "value"),
     [("size", "huge"), ("num_rooms", 3), ("num_rooms", 1001), ("num_rooms", 5.0), ("branching", 1.5),
      ("distractors", -1), ("verbosity", "loud"), ("step_cost", -0.1), ("expert_looks", "yes"),
-     ("expert_explores", 1), ("colour", "red")],
+     ("expert_explores", 1), ("numbered", "no"), ("colour", "red")],
 )
 def test_bad_options_raise_value_error_naming_them(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option):
@@ -253,3 +253,46 @@ def test_errors_echo_the_argument_as_a_json_string() -> None:
     result = env.step('<tool_call>{"name": "move", "arguments": {"to": "no\\"where"}}</tool_call>')
     text = result.observation[0].content
     assert 'to "no\\"where"' in text and f'from "{env.room}"' in text
+
+
+def test_numbered_lists_exits_and_items_and_tools_take_the_numbers() -> None:
+    env = GraphNav(size="small", numbered=True, distractors=6)
+    for seed in range(100):  # a start in the lock room, with things lying there
+        task = env.reset(seed=seed)[0]
+        if env.room == env.world.lock_room and env._items[env.room]:
+            break
+    w = env.world
+    passages = sorted(r for r in w.graph[w.lock_room] if r != w.goal)
+    listed = ", ".join(f'[{i}] "{r}"' for i, r in enumerate(passages, 1))
+    door = f'[{len(passages) + 1}] "{w.goal}"'
+    things = list(env._items[env.room])
+    assert f"Exits: {listed}. A door to {door} is locked with" in task
+    assert f'You see: [1] "{things[0]}"' in task
+    # a number takes the item it numbers; a number not listed is an error naming the argument
+    assert call(env, "take", item="1").observation[0].content == f'You take the "{things[0]}".'
+    bad = call(env, "move", to="9")
+    assert bad.info["tool_errors"] == 1
+    assert f"to: nothing here is numbered [9]; listed: {listed}, {door}" in bad.observation[0].content
+    # the door keeps its number when unlocked; a name still works in place of a number
+    env._inventory.append(w.key)
+    assert call(env, "unlock", room=str(len(passages) + 1)).info["tool_errors"] == 0
+    assert f"The door to {door} stands unlocked." in call(env, "look").observation[0].content
+    assert call(env, "move", to=passages[0]).info["tool_errors"] == 0
+    # without the knob, a number is just a name that no passage has
+    plain = GraphNav(size="small")
+    plain.reset(seed=seed)
+    assert 'no passage' in call(plain, "move", to="1").observation[0].content
+
+
+@pytest.mark.parametrize("explores", [False, True])
+def test_numbered_experts_write_numbers_and_solve_as_before(explores: bool) -> None:
+    for seed in range(100):
+        named, numbered = GraphNav(size="small", expert_explores=explores), GraphNav(
+            size="small", expert_explores=explores, numbered=True)
+        n_named, _ = run_expert(named, seed)
+        n, results = run_expert(numbered, seed)
+        assert n == n_named and results[-1].info.get("success") is True  # the same route, by number
+        assert sum(r.info["tool_errors"] for r in results) == 0
+    numbered.reset(seed=0)
+    args = json.loads(numbered.expert_action().split("\n")[1])["arguments"]
+    assert all(value.isdigit() for value in args.values())
