@@ -136,7 +136,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
         env_name=args.env, options=dict(_parse_option(o) for o in args.env_option), out=Path(args.out),
         model=None if args.model is None else Path(args.model), size=args.size, episodes=args.episodes,
         epochs=args.epochs, lr=args.lr, seed=args.seed, eval_episodes=args.eval_episodes,
-        heldout_demos=args.heldout_demos,
+        heldout_demos=args.heldout_demos, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
     )
     summary = warm_start(settings, config)
     ev = summary["eval"]
@@ -159,6 +159,9 @@ def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("--episodes", type=int, default=32, help="expert demonstrations")
     sft.add_argument("--epochs", type=int, default=8, help="passes over the demonstrations")
     sft.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    sft.add_argument("--lr-schedule", default="constant",
+                     help="constant, or cosine (from --lr to 0 at the last step); after any warm-up")
+    sft.add_argument("--warmup-steps", type=int, default=0, help="optimiser steps of linear warm-up")
     sft.add_argument("--seed", type=int, default=0)
     sft.add_argument("--eval-episodes", type=int, default=32,
                      help="held-out episodes played before and after (0: no evaluation)")

@@ -178,6 +178,8 @@ def finetune(
     grad_clip: float = 1.0,
     weight_decay: float = 0.0,
     pad_id: int = 0,
+    lr_schedule: str = "constant",
+    warmup_steps: int = 0,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune ``policy`` in place on the policy tokens of ``episodes`` (behaviour cloning).
@@ -186,7 +188,9 @@ def finetune(
     and splits them into mini-batches of ``minibatch_rows``; each mini-batch is one AdamW step on its
     token-mean NLL (``nll_step``), with the global gradient norm clipped to ``grad_clip``. ``temperature``
     divides the logits as when sampling, so the model fits the distribution the runner will sample
-    from (1 for the default rollout).
+    from (1 for the default rollout). The learning rate rises linearly over the first ``warmup_steps``
+    steps, then stays at ``lr`` (``lr_schedule="constant"``) or follows a half cosine from ``lr`` to 0 at
+    the last step (``"cosine"``; ``lr_factor``).
 
     Returns one dict per epoch: ``epoch``, ``sft/loss`` (the token-weighted mean NLL of its steps, per
     policy token, measured before each step), ``sft/grad_norm`` (mean, before clipping), ``sft/steps``,
@@ -199,11 +203,14 @@ def finetune(
             raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
+    _check_schedule(lr_schedule, warmup_steps)
     rows = [row for row in rows_from_episodes(episodes) if row.num_policy_tokens > 0]
     if not rows:
         raise ValueError("episodes: no policy tokens to learn from")
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total_steps = epochs * math.ceil(len(rows) / minibatch_rows)
+    step = 0
     policy.train()
     history = []
     for epoch in range(1, epochs + 1):
@@ -212,6 +219,9 @@ def finetune(
         for i in range(0, len(order), minibatch_rows):
             chosen = [rows[j] for j in order[i : i + minibatch_rows]]
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(step, total_steps, lr_schedule, warmup_steps)
+            step += 1
             loss = nll_step(policy, chosen, micro_batch_tokens=micro_batch_tokens,
                             temperature=temperature, pad_id=pad_id)
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -229,6 +239,27 @@ def finetune(
     policy.eval()
     optimizer.zero_grad(set_to_none=True)
     return history
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _check_schedule(lr_schedule: str, warmup_steps: int) -> None:
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps: expected an int >= 0, got {warmup_steps!r}")
+
+
+def lr_factor(step: int, total_steps: int, lr_schedule: str, warmup_steps: int) -> float:
+    """The multiple of the learning rate at optimiser step ``step`` (from 0) of ``total_steps``: a linear
+    warm-up, ``(step + 1) / (warmup_steps + 1)`` while ``step < warmup_steps``; then 1 (``constant``), or
+    (``cosine``) ``(1 + cos(pi * step / total_steps)) / 2``, which falls towards 0 at the last step."""
+    _check_schedule(lr_schedule, warmup_steps)
+    warm = (step + 1) / (warmup_steps + 1) if step < warmup_steps else 1.0
+    if lr_schedule == "constant":
+        return warm
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
 @torch.no_grad()
@@ -376,6 +407,8 @@ class SFTSettings:
         heldout_demos: the expert's episodes on the first ``heldout_demos`` evaluation seeds, never trained
             on, whose NLL (``heldout_nll``) is measured before fine-tuning and after every epoch; 0: none.
         minibatch_rows: sub-traces per optimiser step.
+        lr_schedule: ``constant`` or ``cosine`` (to 0 at the last step), after ``warmup_steps`` linear
+            warm-up steps (``lr_factor``).
         micro_batch_tokens: padded tokens per forward pass.
         grad_clip: the global gradient-norm clip.
     """
@@ -392,6 +425,8 @@ class SFTSettings:
     eval_episodes: int = 32
     heldout_demos: int = 16
     minibatch_rows: int = 4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     micro_batch_tokens: int = 4096
     grad_clip: float = 1.0
 
@@ -406,6 +441,7 @@ class SFTSettings:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a finite number > 0, got {self.lr!r}")
+        _check_schedule(self.lr_schedule, self.warmup_steps)
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise ValueError(f"out: {self.out} exists and is not an empty directory")
 
@@ -471,7 +507,8 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
 
     history = finetune(policy, demos, epochs=s.epochs, lr=s.lr, micro_batch_tokens=s.micro_batch_tokens,
                        seed=s.seed, temperature=runner_config.temperature, minibatch_rows=s.minibatch_rows,
-                       grad_clip=s.grad_clip, pad_id=pad_id, on_epoch=epoch_line)
+                       grad_clip=s.grad_clip, pad_id=pad_id, lr_schedule=s.lr_schedule,
+                       warmup_steps=s.warmup_steps, on_epoch=epoch_line)
     after = success()
     summary = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},

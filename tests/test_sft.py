@@ -115,6 +115,37 @@ def test_nll_step_is_the_token_mean_whatever_the_micro_batches(model_and_chat, d
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
+def test_lr_factor_warms_up_then_holds_or_follows_a_half_cosine() -> None:
+    assert [sft.lr_factor(k, 10, "constant", 3) for k in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cosine = [sft.lr_factor(k, 10, "cosine", 0) for k in (0, 5, 10)]
+    assert cosine == pytest.approx([1.0, 0.5, 0.0])
+    # the warm-up multiplies the cosine: step 1 of 4, warming over 3 steps: 0.5 * (1 + cos(pi / 4)) / 2
+    assert sft.lr_factor(1, 4, "cosine", 3) == pytest.approx(0.5 * (1 + 2 ** -0.5) / 2)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        sft.lr_factor(0, 10, "linear", 0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        sft.lr_factor(0, 10, "cosine", -1)
+
+
+def test_finetune_sets_each_steps_learning_rate_from_the_schedule(model_and_chat, demos, monkeypatch) -> None:
+    model, _ = model_and_chat
+    policy = type(model)(model.config)
+    policy.load_state_dict(model.state_dict())
+    seen: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    sft.finetune(policy, demos, epochs=2, lr=1e-3, micro_batch_tokens=4096, seed=0, minibatch_rows=1,
+                 lr_schedule="cosine", warmup_steps=2)
+    total = 2 * len(demos)  # one sub-trace per demonstration, one per step
+    assert seen == pytest.approx([1e-3 * sft.lr_factor(k, total, "cosine", 2) for k in range(total)])
+    assert seen[0] == pytest.approx(1e-3 / 3) and seen[2] > seen[-1] > 0
+
+
 def test_token_kinds_mark_argument_values_calls_and_text(model_and_chat) -> None:
     tokenizer = model_and_chat[1].tokenizer
     call = '<tool_call>\n{"name": "move", "arguments": {"to": "pale-hall"}}\n</tool_call>'
@@ -227,6 +258,8 @@ def test_the_experts_finish_every_demonstration_in_the_cli_default_budgets(model
         (["--env", "graph_nav", "--lr", "0"], "lr"),
         (["--env", "graph_nav", "--eval-episodes", "-1"], "eval_episodes"),
         (["--env", "graph_nav", "--heldout-demos", "-1"], "heldout_demos"),
+        (["--env", "graph_nav", "--lr-schedule", "linear"], "lr_schedule"),
+        (["--env", "graph_nav", "--warmup-steps", "-1"], "warmup_steps"),
         (["--env", "graph_nav", "--compaction", "bogus"], "strategy"),
         (["--env", "graph_nav", "--size", "huge"], "size"),
         (["--env", "graph_nav", "--model", "/no/such/model"], "/no/such/model"),
