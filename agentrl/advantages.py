@@ -15,7 +15,8 @@ Departures from the papers:
   different (compacted) context. The paper has one unbroken sequence of states.
 - A truncated episode with ``truncation="bootstrap"`` uses the value at its last policy token as the
   value of the unseen state after it (no extra critic call); ``truncation="mask"`` drops the episode's
-  tokens from the loss instead.
+  tokens from the loss instead; ``truncation="zero"`` ends it as if terminated (bootstrap 0: the cap is
+  part of the task, and a cut episode's return is the reward it got).
 - ``mode="local"`` (sub-trace-local GAE scaled by ``(gamma*lam) ** (policy tokens after it)``) is this
   project's alternative, not a paper's.
 - ``length_adaptive_lambda`` (VAPO, Yue et al. 2025) is clamped to [0, 1): the formula is negative for
@@ -34,7 +35,7 @@ from typing import Literal
 
 import torch
 
-TRUNCATION_MODES = ("bootstrap", "mask")
+TRUNCATION_MODES = ("bootstrap", "mask", "zero")
 EPISODE_GAE_MODES = ("episode", "local")
 # Positions per block of the reverse scan: a Python loop of T / SCAN_CHUNK steps, each with
 # (B, SCAN_CHUNK, SCAN_CHUNK) temporaries.
@@ -311,7 +312,7 @@ def episode_gae(
     gamma: float,
     lam: Lam,
     truncated: torch.Tensor,
-    truncation: Literal["bootstrap", "mask"] = "bootstrap",
+    truncation: Literal["bootstrap", "mask", "zero"] = "bootstrap",
     mode: Literal["episode", "local"] = "episode",
 ) -> GAEOutput:
     """Skip-observation GAE over whole episodes, for a batch of sub-traces (one per row).
@@ -328,7 +329,10 @@ def episode_gae(
     at the episode's last policy token stands in for the unseen next state, so the last delta is
     ``r + (gamma - 1) * V_last``. Truncated with ``truncation="mask"``: every token of the episode is
     dropped from the returned ``mask`` (its return is unknown, and with lam = 1 every advantage depends
-    on it), and its advantages and returns are 0.
+    on it), and its advantages and returns are 0. Truncated with ``truncation="zero"``: as terminated.
+    Where every failure is a cut (a task that ends only on success, under a turn cap), ``bootstrap``
+    with ``gamma = 1`` gives failures the critic's own value as their return: nothing pulls the values
+    down, and they drift up to the success reward; ``zero`` scores a cut as the failure it is.
 
     Args:
         rewards: (B, T) per-token rewards (read at policy tokens only).
@@ -339,7 +343,7 @@ def episode_gae(
         lam: GAE lambda in [0, 1]: a float, or an (E,) tensor, one per episode (e.g. from
             ``length_adaptive_lambda``).
         truncated: (E,) bool, True for an episode that was cut short rather than terminated.
-        truncation: what a truncated episode does, ``"bootstrap"`` or ``"mask"``.
+        truncation: what a truncated episode does, ``"bootstrap"``, ``"mask"`` or ``"zero"``.
         mode: ``"episode"`` or ``"local"``.
 
     Returns:
@@ -393,7 +397,7 @@ def single_episode_gae(
     gamma: float,
     lam: float,
     truncated: bool,
-    truncation: Literal["bootstrap", "mask"] = "bootstrap",
+    truncation: Literal["bootstrap", "mask", "zero"] = "bootstrap",
     mode: Literal["episode", "local"] = "episode",
 ) -> list[GAEOutput]:
     """``episode_gae`` for the sub-traces of one episode given as lists of 1-D tensors.

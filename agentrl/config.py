@@ -50,7 +50,7 @@ if typing.TYPE_CHECKING:
 # agentrl.compaction.STRATEGIES and agentrl.models.SIZES.
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 KLKind = Literal["k1", "k2", "k3"]
-Truncation = Literal["bootstrap", "mask"]
+Truncation = Literal["bootstrap", "mask", "zero"]
 GAEMode = Literal["episode", "local"]
 Strategy = Literal["policy", "env", "keep_last", "none"]
 ModelSize = Literal["tiny", "small"]
@@ -398,8 +398,8 @@ class PPOSection(_Section):
         alpha: the ``alpha`` of the length-adaptive lambda, > 0 (used when ``actor_lam`` is adaptive).
         gae_mode: ``episode`` (GAE chained across an episode's sub-traces) or ``local`` (each sub-trace
             alone, scaled by (gamma*lam)^(policy tokens after it)).
-        truncation: a truncated episode ``bootstrap``s from the value at its last policy token, or is
-            dropped from the loss (``mask``).
+        truncation: a truncated episode ``bootstrap``s from the value at its last policy token, is
+            dropped from the loss (``mask``), or ends as if terminated (``zero``: a cut is a failure).
         whiten_advantages: whiten the advantages over the batch's policy tokens before the loss.
         whiten_shift_mean: when whitening, subtract the mean (false: rescale only, keeping signs).
         value_pretrain_steps: critic-only iterations before the first policy update (the initial

@@ -248,7 +248,7 @@ def test_episode_gae_terminated_chains_subtraces():
     assert torch.equal(out.mask, mask.bool())
 
 
-def test_episode_gae_truncated_bootstraps_from_the_last_value_or_is_masked():
+def test_episode_gae_truncated_bootstraps_from_the_last_value_or_is_masked_or_ends():
     # Truncated, bootstrap: the state after t3 is worth V_last = 0.8:
     #   t3: delta = 1 + 0.9*0.8 - 0.8 = 0.92     A = 0.92
     #   t2: A = 0.02 + 0.45*0.92  = 0.434
@@ -279,6 +279,12 @@ def test_episode_gae_truncated_bootstraps_from_the_last_value_or_is_masked():
     torch.testing.assert_close(out.advantages[:2], _t([[0.0, 0.075775, 0.0795, 0.0], [0.0, 0.0, 0.11, 0.2]]))
     assert not out.mask[2:].any() and torch.equal(out.mask[:2], mask.bool())
     assert torch.all(out.advantages[2:] == 0) and torch.all(out.returns[2:] == 0)
+    # Truncated, zero: ends as if terminated (bootstrap 0), so the numbers of the terminated test above.
+    out = episode_gae(*batch, torch.tensor([0, 0, 1, 1]), gamma=0.9, lam=0.5,
+                      truncated=torch.tensor([True, True]), truncation="zero")
+    terminated = _t([[0.0, 0.075775, 0.0795, 0.0], [0.0, 0.0, 0.11, 0.2]])
+    torch.testing.assert_close(out.advantages, torch.cat([terminated, terminated]))
+    assert torch.equal(out.mask, batch[2].bool())
 
 
 def test_episode_gae_local_mode_scales_by_later_policy_tokens():
@@ -342,7 +348,8 @@ def _rows(episodes, order):
 
 
 @SETTINGS
-@given(episode_batches(), st.sampled_from(["bootstrap", "mask"]), st.sampled_from(["episode", "local"]))
+@given(episode_batches(), st.sampled_from(["bootstrap", "mask", "zero"]),
+       st.sampled_from(["episode", "local"]))
 def test_episode_gae_equals_gae_on_the_concatenated_policy_tokens(batch, truncation, mode):
     episodes, order, truncated, lam, gamma = batch
     rewards, values, mask, index, origin = _rows(episodes, order)

@@ -286,7 +286,7 @@ RULES = [
     ("ppo.actor_lam=auto", "ppo.actor_lam: expected a finite number or 'adaptive', got 'auto'"),
     ("ppo.alpha=0", "ppo.alpha: expected a number > 0, got 0.0"),
     ("ppo.gae_mode=global", "ppo.gae_mode: expected one of 'episode', 'local', got 'global'"),
-    ("ppo.truncation=drop", "ppo.truncation: expected one of 'bootstrap', 'mask', got 'drop'"),
+    ("ppo.truncation=drop", "ppo.truncation: expected one of 'bootstrap', 'mask', 'zero', got 'drop'"),
     ("ppo.whiten_advantages=1", "ppo.whiten_advantages: expected true or false, got 1"),
     ("ppo.whiten_shift_mean=yes please", "ppo.whiten_shift_mean: expected true or false"),
     ("ppo.value_pretrain_steps=-1", "ppo.value_pretrain_steps: expected an int >= 0, got -1"),
