@@ -430,28 +430,30 @@ def test_max_turns_reached_on_a_full_window_ends_without_compacting(tiny: Tiny) 
 
 
 def test_max_total_tokens_bounds_every_action_and_truncates(tiny: Tiny) -> None:
-    config = strategy_config("keep_last", max_total_tokens=900, max_turns=50, max_compactions=50)
-    rec = tiny.record(config, Chatter, [Task(0, "a")])
-    check_accounting(rec)
-    (ep,) = rec.result.episodes
-    assert (ep.end, ep.truncation_reason) == ("truncated", "max_total_tokens")
-    assert ep.num_compactions >= 1
-    before = 0  # tokens of the episode's closed sub-traces
-    for sid in sorted(rec.sampler.sessions):  # one episode: its sessions in order are its sub-traces
-        session = rec.sampler.sessions[sid]
-        for _, _, context, params in session.gens():
-            assert before + context + params.max_new_tokens <= 900
-        before += len(session.stream())
-    assert before == ep.num_tokens
-    # the cap stopped the next action: with the last observation (withheld, never shown) it would not fit
-    _, last_step, _ = rec.logs[ep.task_id][-1]
-    last_token = ep.sub_traces[-1].token_ids[-1:]  # only whether the action ended with its stop token matters
-    withheld = tiny.chat.observation_ids(last_step.observation, sampled_ids=last_token)
-    assert ep.sub_traces[-1].loss_mask[-1] == 1  # the episode ends with its last action
-    assert ep.num_tokens + config.max_response_tokens <= 900 < (
-        ep.num_tokens + len(withheld) + config.max_response_tokens
-    )
-    assert rec.result.metrics["truncated_max_total_tokens"] == 1.0
+    observation_counted = 0  # caps at which the last action alone would have fitted, but not its observation
+    for cap in (860, 880, 900, 920, 940):
+        config = strategy_config("keep_last", max_total_tokens=cap, max_turns=50, max_compactions=50)
+        rec = tiny.record(config, Chatter, [Task(0, "a")])
+        check_accounting(rec)
+        (ep,) = rec.result.episodes
+        assert (ep.end, ep.truncation_reason) == ("truncated", "max_total_tokens")
+        assert ep.num_compactions >= 1
+        before = 0  # tokens of the episode's closed sub-traces
+        for sid in sorted(rec.sampler.sessions):  # one episode: its sessions in order are its sub-traces
+            session = rec.sampler.sessions[sid]
+            for _, _, context, params in session.gens():
+                assert before + context + params.max_new_tokens <= cap
+            before += len(session.stream())
+        assert before == ep.num_tokens
+        # the cap stopped the next action: with the last observation (withheld, never shown) it would not fit
+        _, last_step, _ = rec.logs[ep.task_id][-1]
+        last_token = ep.sub_traces[-1].token_ids[-1:]  # only whether it ended with its stop token matters
+        withheld = tiny.chat.observation_ids(last_step.observation, sampled_ids=last_token)
+        assert ep.sub_traces[-1].loss_mask[-1] == 1  # the episode ends with its last action
+        assert cap < ep.num_tokens + len(withheld) + config.max_response_tokens
+        observation_counted += ep.num_tokens + config.max_response_tokens <= cap
+        assert rec.result.metrics["truncated_max_total_tokens"] == 1.0
+    assert observation_counted  # which caps depend on the default tokenizer's token counts
 
 
 def test_max_compactions_truncates_and_is_counted(tiny: Tiny) -> None:
