@@ -351,7 +351,8 @@ class GraphNav(ToolEnv):
         has_lock = room == w.lock_room and not self._unlocked
         if self.knobs.numbered:  # the passages, then the door to the goal, numbered in that order
             shown = self._shown(self._doors(room))
-            passages, door = (shown[:-1], shown[-1]) if room == w.lock_room else (shown, "")
+            door = shown[-1] if room == w.lock_room else ""
+            passages = shown[:-1] if has_lock else shown  # unlocked, the door is an exit, as unnumbered
         else:
             passages, door = self._shown(exits), _q(w.goal)
         shown_things = self._shown(things)

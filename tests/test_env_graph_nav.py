@@ -276,7 +276,10 @@ def test_numbered_lists_exits_and_items_and_tools_take_the_numbers() -> None:
     # the door keeps its number when unlocked; a name still works in place of a number
     env._inventory.append(w.key)
     assert call(env, "unlock", room=str(len(passages) + 1)).info["tool_errors"] == 0
-    assert f"The door to {door} stands unlocked." in call(env, "look").observation[0].content
+    looked = call(env, "look").observation[0].content
+    assert f"Exits: {listed}, {door}. The door to {door} stands unlocked." in looked  # the door is an exit
+    terse = GraphNav(size="small", numbered=True, distractors=6, verbosity="terse")
+    assert f"exits: {listed} | locked: {door} (" in terse.reset(seed=seed)[0]
     assert call(env, "move", to=passages[0]).info["tool_errors"] == 0
     # without the knob, a number is just a name that no passage has
     plain = GraphNav(size="small")
