@@ -2,9 +2,9 @@
 
 Fast: the NLL of the demonstrations falls; only policy tokens are targets; the loss is the plain token
 mean whatever the micro-batching; the CLI writes a loadable model and ``sft.json``; bad input exits 2.
-Slow (``make test-slow``): SFT lifts the tiny model's success on ledger count from 0 to partial success;
-and (xfail, not reached yet) on graph_nav small above the untrained model's, with PPO from that checkpoint
-lifting it further.
+Slow (``make test-slow``): SFT lifts the tiny model's success from 0 to partial success on ledger count
+and on graph_nav small with numbered exits; (xfail, not reached yet) PPO from the graph_nav checkpoint
+lifts it further.
 """
 
 from __future__ import annotations
@@ -281,11 +281,15 @@ def test_cli_refuses_a_non_empty_out(tmp_path: Path, capsys) -> None:
 # ---- slow: SFT, then PPO -------------------------------------------------------------------------------
 
 # The settings of examples/ppo_graph_nav.yaml, with max_turns raised so the looking expert finishes.
-SLOW_ENV = ["--env-option", "size=small"]
-SLOW_RUNNER = ["--max-response-tokens", "48", "--context-budget", "1024", "--max-turns", "24",
-               "--max-total-tokens", "3072", "--max-compactions", "2", "--max-concurrent", "8",
-               "--compaction", "policy", "--keep-last", "1", "--max-summary-tokens", "64"]
-SLOW_PPO = ["rollout.max_turns=24", "run.iterations=8", "run.checkpoint_every=0", "model.device=cpu"]
+# graph_nav small with numbered exits and items, the explorer's demonstrations, whole episodes in one window
+GRAPH_NAV = ["--env-option", "size=small", "--env-option", "numbered=true", "--env-option",
+             "expert_explores=true", "--compaction", "none", "--context-budget", "3072", "--max-turns", "24"]
+GRAPH_NAV_SFT = ["--episodes", "3200", "--epochs", "1", "--lr", "1e-3", "--lr-schedule", "cosine",
+                 "--warmup-steps", "100", "--eval-episodes", "64"]
+GRAPH_NAV_PPO = ["env.options.numbered=true", "rollout.max_turns=24", "rollout.context_budget=3072",
+                 "rollout.max_total_tokens=null", "rollout.compaction.strategy=none",
+                 "optim.micro_batch_tokens=4096", "optim.actor_lr=3e-4", "ppo.kl_beta=0.05",
+                 "run.iterations=20", "run.checkpoint_every=0", "model.device=cpu"]
 
 
 @pytest.mark.slow
@@ -305,30 +309,44 @@ def test_sft_lifts_the_tiny_model_on_ledger_count(tmp_path: Path, capsys) -> Non
     assert summary["epochs"][-1]["heldout/nll/argument"] < 1.0  # it reads the next record's index
 
 
+@pytest.fixture(scope="module")
+def graph_nav_warm_start(tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny model fine-tuned on graph_nav small, numbered (about 12 minutes on one thread)."""
+    out = tmp_path_factory.mktemp("graph_nav") / "sft"
+    assert main(["sft", "--env", "graph_nav", *GRAPH_NAV, *GRAPH_NAV_SFT, "--out", str(out)]) == 0
+    return out, json.loads((out / "sft.json").read_text())["eval"]
+
+
+@pytest.mark.slow
+def test_sft_lifts_the_tiny_model_on_graph_nav_small(graph_nav_warm_start, capsys) -> None:
+    ev = graph_nav_warm_start[1]
+    with capsys.disabled():
+        print(f"\ngraph_nav small, numbered, 64 held-out episodes: untrained {ev['success_before']:.3f}  "
+              f"SFT {ev['success_after']:.3f}")
+    assert ev["success_after"] >= ev["success_before"] + 0.05  # measured 0 -> 0.109 to 0.172
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="not reached yet: on CPU, SFT of the ~1M tiny model on graph_nav small learns the call format "
-    "but not to name the room it has just read; held-out success stays 0 (docs/results.md)",
+    reason="not reached yet: from the numbered graph_nav warm start (0.109 to 0.172 success), 20 PPO "
+    "iterations leave held-out success within noise at actor lr 1e-4 to 3e-4 (0.125 -> 0.094 to 0.141) "
+    "and collapse it into malformed calls at 2e-4 without a KL term and at 1e-3 (docs/results.md)",
 )
-def test_sft_beats_the_untrained_model_and_ppo_improves_on_it(tmp_path: Path, capsys) -> None:
+def test_ppo_from_the_graph_nav_warm_start_raises_success(graph_nav_warm_start, tmp_path: Path,
+                                                          capsys) -> None:
     from agentrl.checkpoint import latest_checkpoint
     from agentrl.config import load_config
     from agentrl.train import train
 
-    out = tmp_path / "sft"
-    assert main(["sft", "--env", "graph_nav", *SLOW_ENV, *SLOW_RUNNER, "--out", str(out),
-                 "--eval-episodes", "32"]) == 0
-    ev = json.loads((out / "sft.json").read_text())["eval"]
+    out, ev = graph_nav_warm_start
     cfg = load_config(ROOT / "examples" / "ppo_graph_nav.yaml",
-                      [*SLOW_PPO, f"model.path={out}", f"run.run_dir={tmp_path / 'ppo'}"])
+                      [*GRAPH_NAV_PPO, f"model.path={out}", f"run.run_dir={tmp_path / 'ppo'}"])
     train(cfg, progress=False)
     policy, tokenizer = load_model(latest_checkpoint(tmp_path / "ppo") / "policy")
-    runner = cfg.to_runner_config()
     after_ppo = sft.evaluate(policy, ChatFormat(tokenizer), "graph_nav", dict(cfg.env.options),
-                             sft.eval_seeds(32), runner).metrics["success_rate"]
+                             sft.eval_seeds(64), cfg.to_runner_config()).metrics["success_rate"]
     with capsys.disabled():
-        print(f"\ngraph_nav small, 32 held-out episodes: untrained {ev['success_before']:.3f}  "
-              f"SFT {ev['success_after']:.3f}  SFT+PPO {after_ppo:.3f}")
-    assert ev["success_after"] > ev["success_before"]
-    assert after_ppo > ev["success_after"]
+        print(f"\ngraph_nav small, numbered, 64 held-out episodes: SFT {ev['success_after']:.3f}  "
+              f"SFT+PPO {after_ppo:.3f}")
+    assert after_ppo > ev["success_after"] + 0.05
