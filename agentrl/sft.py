@@ -190,9 +190,9 @@ def finetune(
     and splits them into mini-batches of ``minibatch_rows``; each mini-batch is one AdamW step on its
     token-mean NLL (``nll_step``), with the global gradient norm clipped to ``grad_clip``. ``temperature``
     divides the logits as when sampling, so the model fits the distribution the runner will sample
-    from (1 for the default rollout). The learning rate rises linearly over the first ``warmup_steps``
-    steps, then stays at ``lr`` (``lr_schedule="constant"``) or follows a half cosine from ``lr`` to 0 at
-    the last step (``"cosine"``; ``lr_factor``).
+    from (1 for the default rollout). Step k's learning rate is ``lr * lr_factor(k, ...)``: a linear
+    warm-up over the first ``warmup_steps`` steps, times 1 (``lr_schedule="constant"``) or a half cosine
+    that falls to 0 at the last step (``"cosine"``).
 
     Returns one dict per epoch: ``epoch``, ``sft/loss`` (the token-weighted mean NLL of its steps, per
     policy token, measured before each step), ``sft/grad_norm`` (mean, before clipping), ``sft/steps``,
@@ -254,9 +254,9 @@ def _check_schedule(lr_schedule: str, warmup_steps: int) -> None:
 
 
 def lr_factor(step: int, total_steps: int, lr_schedule: str, warmup_steps: int) -> float:
-    """The multiple of the learning rate at optimiser step ``step`` (from 0) of ``total_steps``: a linear
-    warm-up, ``(step + 1) / (warmup_steps + 1)`` while ``step < warmup_steps``; then 1 (``constant``), or
-    (``cosine``) ``(1 + cos(pi * step / total_steps)) / 2``, which falls towards 0 at the last step."""
+    """The multiple of the learning rate at optimiser step ``step`` (from 0) of ``total_steps``: the
+    warm-up factor, ``(step + 1) / (warmup_steps + 1)`` while ``step < warmup_steps`` and 1 after, times
+    1 (``constant``) or ``(1 + cos(pi * step / total_steps)) / 2`` (``cosine``, towards 0 at the end)."""
     _check_schedule(lr_schedule, warmup_steps)
     warm = (step + 1) / (warmup_steps + 1) if step < warmup_steps else 1.0
     if lr_schedule == "constant":
@@ -409,8 +409,8 @@ class SFTSettings:
         heldout_demos: the expert's episodes on the first ``heldout_demos`` evaluation seeds, never trained
             on, whose NLL (``heldout_nll``) is measured before fine-tuning and after every epoch; 0: none.
         minibatch_rows: sub-traces per optimiser step.
-        lr_schedule: ``constant`` or ``cosine`` (to 0 at the last step), after ``warmup_steps`` linear
-            warm-up steps (``lr_factor``).
+        lr_schedule: ``constant`` or ``cosine`` (towards 0 at the last step); see ``lr_factor``.
+        warmup_steps: optimiser steps over which the learning rate rises linearly to the schedule's.
         micro_batch_tokens: padded tokens per forward pass.
         grad_clip: the global gradient-norm clip.
     """

@@ -280,7 +280,6 @@ def test_cli_refuses_a_non_empty_out(tmp_path: Path, capsys) -> None:
 
 # ---- slow: SFT, then PPO -------------------------------------------------------------------------------
 
-# The settings of examples/ppo_graph_nav.yaml, with max_turns raised so the looking expert finishes.
 # graph_nav small with numbered exits and items, the explorer's demonstrations, whole episodes in one window
 GRAPH_NAV = ["--env-option", "size=small", "--env-option", "numbered=true", "--env-option",
              "expert_explores=true", "--compaction", "none", "--context-budget", "3072", "--max-turns", "24"]
