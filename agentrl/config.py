@@ -343,6 +343,8 @@ class RolloutSection(_Section):
         temperature: sampling temperature (0 = greedy).
         top_p: nucleus sampling mass, in (0, 1].
         max_concurrent: episodes in flight at once (one sampling batch).
+        tool_error_penalty: reward subtracted per failed tool call, on the turn that made it (a shaping
+            term: the episode's reward includes it, its success does not); >= 0, 0 = off.
         compaction: the compaction strategy and its settings.
     """
 
@@ -357,6 +359,7 @@ class RolloutSection(_Section):
     temperature: float = 1.0
     top_p: float = 1.0
     max_concurrent: int = 64
+    tool_error_penalty: float = 0.0
     compaction: CompactionSection = field(default_factory=CompactionSection)
 
     def _validate(self) -> None:
@@ -383,6 +386,7 @@ class RolloutSection(_Section):
             temperature=self.temperature,
             top_p=self.top_p,
             max_concurrent=self.max_concurrent,
+            tool_error_penalty=self.tool_error_penalty,
         )
 
 

@@ -86,6 +86,9 @@ class RunnerConfig:
         temperature: sampling temperature (0 = greedy).
         top_p: nucleus sampling mass.
         max_concurrent: episodes in flight at once (one batch).
+        tool_error_penalty: reward subtracted per failed tool call (``info["tool_errors"]``: a malformed
+            block, an unknown tool, bad arguments, a tool that raised or timed out), on the turn that made
+            it; >= 0, 0 = off. A shaping term: the episode's reward includes it, its success does not.
     """
 
     max_response_tokens: int = 128
@@ -97,6 +100,7 @@ class RunnerConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_concurrent: int = 64
+    tool_error_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_response_tokens", "context_budget", "max_turns", "max_concurrent"):
@@ -126,6 +130,11 @@ class RunnerConfig:
             raise ValueError(f"temperature: expected a finite number >= 0, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
+        penalty = self.tool_error_penalty
+        if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not (
+            math.isfinite(penalty) and penalty >= 0
+        ):
+            raise ValueError(f"tool_error_penalty: expected a finite number >= 0, got {penalty!r}")
 
 
 @dataclass(frozen=True)
@@ -432,8 +441,9 @@ class Runner:
             self._end(run, "truncated", "env_error")
             return
         run.num_turns += 1
-        window.rewards[-1] += reward
-        run.num_tool_errors += int(result.info.get("tool_errors", 0) or 0)
+        errors = int(result.info.get("tool_errors", 0) or 0)
+        window.rewards[-1] += reward - self.config.tool_error_penalty * errors
+        run.num_tool_errors += errors
         run.info.update(_json_safe(result.info))
         window.turns.append(Turn(action, tuple(result.observation)))
         if result.terminated:

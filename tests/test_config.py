@@ -268,6 +268,8 @@ RULES = [
     ("rollout.temperature=.inf", "rollout.temperature: expected a finite number, got inf"),
     ("rollout.top_p=0", "rollout.top_p: expected a number in (0, 1], got 0.0"),
     ("rollout.max_concurrent=0", "rollout.max_concurrent: expected an int >= 1, got 0"),
+    ("rollout.tool_error_penalty=-0.1",
+     "rollout.tool_error_penalty: expected a finite number >= 0, got -0.1"),
     ("rollout.compaction.strategy=summary", "rollout.compaction.strategy: expected one of 'policy', "),
     ("rollout.compaction.keep_last_turns=-1", "rollout.compaction.keep_last_turns: expected an int >= 0"),
     ("rollout.compaction.max_summary_tokens=0",
@@ -399,7 +401,7 @@ def test_to_runner_config_fields_match() -> None:
     from agentrl.compaction import SUMMARY_REQUEST, CompactionConfig
     from agentrl.runner import RunnerConfig
 
-    overrides = ["rollout.temperature=0.7", "rollout.top_p=0.9"]
+    overrides = ["rollout.temperature=0.7", "rollout.top_p=0.9", "rollout.tool_error_penalty=0.05"]
     cfg = load_config(ROOT / "examples" / "ppo_graph_nav.yaml", overrides)
     rc = cfg.to_runner_config()
     assert isinstance(rc, RunnerConfig) and rc == cfg.rollout.to_runner_config()

@@ -27,7 +27,7 @@ from agentrl.models import load_model
 from agentrl.rollout import TorchSampler
 from agentrl.runner import Runner, RunnerConfig, RunResult, Task
 from agentrl.sampling import Generation, SamplingParams, per_session
-from agentrl.tools import tool
+from agentrl.tools import format_tool_call, tool
 from agentrl.types import SubTrace
 
 STRATEGIES = ("policy", "env", "keep_last", "none")
@@ -301,7 +301,8 @@ def check_accounting(rec: Recording) -> None:
                 cut += gen.finish_reason == "length"
                 if actions < len(log):  # else: the step raised (env_error), nothing was logged
                     assert log[actions][0] == chat.action_text(gen.token_ids)
-                    rewards[-1] = float(log[actions][1].reward)  # on the action's last token
+                    step = log[actions][1]  # its reward, less the penalty of its failed calls, on its last token
+                    rewards[-1] = float(step.reward) - cfg.tool_error_penalty * step.info["tool_errors"]
                 actions += 1
             assert list(st.token_ids) == session.stream()
             assert list(st.loss_mask) == mask
@@ -316,7 +317,8 @@ def check_accounting(rec: Recording) -> None:
                     assert lp == pytest.approx(fresh[t], abs=1e-4), f"token {t} of {ep.task_id}"
         assert actions == ep.num_turns
         assert len(log) == ep.num_turns - (ep.truncation_reason == "env_error")
-        assert ep.reward == pytest.approx(sum(r.reward for _, r, _ in log), abs=1e-12)
+        penalties = cfg.tool_error_penalty * sum(r.info["tool_errors"] for _, r, _ in log)
+        assert ep.reward == pytest.approx(sum(r.reward for _, r, _ in log) - penalties, abs=1e-12)
         assert (ep.info["cut_responses"], ep.info["cut_summaries"]) == (cut, cut_summaries)
     metrics = rec.result.metrics
     assert metrics["cut_responses"] == sum(e.info["cut_responses"] for e in episodes)
@@ -518,8 +520,45 @@ def test_config_validation_names_the_field() -> None:
         RunnerConfig(
             context_budget=200, max_response_tokens=24, compaction=CompactionConfig(max_summary_tokens=200)
         )
+    for penalty in (-0.1, float("nan"), True, "0.1"):
+        with pytest.raises(ValueError, match="^tool_error_penalty"):
+            RunnerConfig(tool_error_penalty=penalty)
     keep_last = CompactionConfig("keep_last")
     RunnerConfig(max_response_tokens=64, context_budget=65, compaction=keep_last)  # the smallest budget
+
+
+class Clumsy(Chatter):
+    """Chatter whose expert cycles through turns with 0, 1 (a malformed block) and 2 (bad arguments and an
+    unknown tool) failed calls, then a final answer (reward 0.125 times the answers so far)."""
+
+    name = "clumsy"
+    SCRIPT = (
+        format_tool_call("note", {"text": "fine"}),
+        '<tool_call>\n{"name": "note"\n</tool_call>',
+        format_tool_call("note", {"txt": "typo"}) + "\n" + format_tool_call("sing", {}),
+        "All done.",
+    )
+    ERRORS = (0, 1, 2, 0)
+
+    def expert_action(self) -> str:
+        return self.SCRIPT[self.num_turns % len(self.SCRIPT)]
+
+
+@pytest.mark.parametrize("penalty", [0.0, 0.25])
+def test_tool_error_penalty_is_charged_on_the_turn_of_each_failed_call(tiny: Tiny, penalty: float) -> None:
+    config = RunnerConfig(max_response_tokens=48, context_budget=2048, max_turns=8,
+                          compaction=CompactionConfig("none"), tool_error_penalty=penalty)
+    runner = Runner(TorchSampler(tiny.model), tiny.chat, config)
+    (episode,) = runner.run(Clumsy, [Task(0, "g")], teacher=True).episodes
+    (st,) = episode.sub_traces
+    mask = st.loss_mask
+    ends = [i for i, m in enumerate(mask) if m == 1 and (i + 1 == len(mask) or mask[i + 1] == 0)]
+    assert len(ends) == episode.num_turns == 8
+    answers = [0.0, 0.0, 0.0, 0.125, 0.0, 0.0, 0.0, 0.25]  # the env's own rewards, on the final answers
+    expected = [answer - penalty * Clumsy.ERRORS[t % 4] for t, answer in enumerate(answers)]
+    assert [st.rewards[i] for i in ends] == expected
+    assert sum(st.rewards) == episode.reward == sum(expected)  # nothing else is rewarded
+    assert episode.num_tool_errors == 6 and not episode.info["success"]
 
 
 # ---- 4. runner mechanics --------------------------------------------------------------------------------
