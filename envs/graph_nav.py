@@ -28,6 +28,10 @@ Hidden state (built in ``setup`` from the seeded ``random.Random`` only, so a se
   "dusty-attic", [2] "pale-hall".``), and ``move``, ``take`` and ``unlock`` take a listed number in place
   of a name (``{"to": "2"}``); a name still works, and the experts write numbers. A choice is then one
   digit to pick rather than a name to copy, which a small model trained from scratch learns far sooner.
+- With ``marked``, ``look`` marks each exit to a room the agent has already been in (``[1] "dusty-attic"
+  (visited)``), as chalk on the doorframes would. Which way is still unexplored is then on the page, not
+  only in the history: while it explores, the explorer walks through the first exit without a mark
+  whenever one is left.
 
 What the agent sees: the task text describes the start room; afterwards only ``look`` describes the room
 it is in. ``move`` answers with one line, so an exploring agent looks after each move. A bad request
@@ -66,7 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 KNOB_NAMES = (
     "size", "num_rooms", "branching", "distractors", "verbosity", "step_cost", "expert_looks",
-    "expert_explores", "numbered",
+    "expert_explores", "numbered", "marked",
 )
 FAR = 0.8  # the key and the lock are drawn among rooms at >= FAR * the largest distance
 
@@ -129,6 +133,7 @@ class Knobs:
             looks), instead of the oracle's shortest paths over the hidden map.
         numbered: whether ``look`` numbers the exits and the items (``[2] "pale-hall"``) and the tools
             take a listed number in place of a name (``{"to": "2"}``); the experts then write numbers.
+        marked: whether ``look`` marks the exits to rooms already visited (``"pale-hall" (visited)``).
     """
 
     num_rooms: int
@@ -139,6 +144,7 @@ class Knobs:
     expert_looks: bool
     expert_explores: bool = False
     numbered: bool = False
+    marked: bool = False
 
 
 def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
@@ -149,7 +155,8 @@ def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
     unknown = sorted(set(overrides) - set(KNOB_NAMES))
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown graph_nav option; known: {', '.join(KNOB_NAMES)}")
-    defaults = {"step_cost": 0.0, "expert_looks": True, "expert_explores": False, "numbered": False}
+    defaults = {"step_cost": 0.0, "expert_looks": True, "expert_explores": False, "numbered": False,
+                "marked": False}
     values: dict[str, Any] = {**defaults, **PRESETS[size]}
     values.update({k: v for k, v in overrides.items() if v is not None})
     n, b, d = values["num_rooms"], values["branching"], values["distractors"]
@@ -164,11 +171,11 @@ def make_knobs(size: str = "medium", **overrides: Any) -> Knobs:
     c = values["step_cost"]
     if not isinstance(c, int | float) or isinstance(c, bool) or not math.isfinite(c) or c < 0:
         raise ValueError(f"step_cost: expected a finite number >= 0, got {c!r}")
-    for flag in ("expert_looks", "expert_explores", "numbered"):
+    for flag in ("expert_looks", "expert_explores", "numbered", "marked"):
         if not isinstance(values[flag], bool):
             raise ValueError(f"{flag}: expected a bool, got {values[flag]!r}")
     return Knobs(n, float(b), d, values["verbosity"], float(c), values["expert_looks"],
-                 values["expert_explores"], values["numbered"])
+                 values["expert_explores"], values["numbered"], values["marked"])
 
 
 @dataclass(frozen=True)
@@ -320,11 +327,15 @@ class GraphNav(ToolEnv):
         passages = sorted(r for r in w.graph[room] if r != w.goal)
         return passages + ([w.goal] if room == w.lock_room else [])
 
-    def _shown(self, names: list[str]) -> list[str]:
-        """``names`` as the agent sees them: quoted, each after its number (from 1) where ``numbered``."""
-        if not self.knobs.numbered:
-            return [_q(n) for n in names]
-        return [f"[{i}] {_q(n)}" for i, n in enumerate(names, 1)]
+    def _shown(self, names: list[str], *, exits: bool = False) -> list[str]:
+        """``names`` as the agent sees them: quoted, each after its number (from 1) where ``numbered``;
+        with ``exits`` and ``marked``, a room already visited is followed by ``(visited)``."""
+        shown = [_q(n) for n in names]
+        if self.knobs.numbered:
+            shown = [f"[{i}] {name}" for i, name in enumerate(shown, 1)]
+        if exits and self.knobs.marked:
+            shown = [name + " (visited)" if room in self._visited else name for room, name in zip(names, shown)]
+        return shown
 
     def _pick(self, argument: str, value: str, names: list[str]) -> str:
         """A tool argument as a name: where ``numbered`` and ``value`` is a number, the name it numbers in
@@ -350,11 +361,11 @@ class GraphNav(ToolEnv):
         self._seen_items[room] = list(things)
         has_lock = room == w.lock_room and not self._unlocked
         if self.knobs.numbered:  # the passages, then the door to the goal, numbered in that order
-            shown = self._shown(self._doors(room))
+            shown = self._shown(self._doors(room), exits=True)
             door = shown[-1] if room == w.lock_room else ""
             passages = shown[:-1] if has_lock else shown  # unlocked, the door is an exit, as unnumbered
         else:
-            passages, door = self._shown(exits), _q(w.goal)
+            passages, door = self._shown(exits, exits=True), _q(w.goal)
         shown_things = self._shown(things)
         if verbosity == "terse":
             parts = [_q(room), "exits: " + ", ".join(passages)]

@@ -235,7 +235,7 @@ def test_reset_options_override_knobs() -> None:
     ("option", "value"),
     [("size", "huge"), ("num_rooms", 3), ("num_rooms", 1001), ("num_rooms", 5.0), ("branching", 1.5),
      ("distractors", -1), ("verbosity", "loud"), ("step_cost", -0.1), ("expert_looks", "yes"),
-     ("expert_explores", 1), ("numbered", "no"), ("colour", "red")],
+     ("expert_explores", 1), ("numbered", "no"), ("marked", 1), ("colour", "red")],
 )
 def test_bad_options_raise_value_error_naming_them(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option):
@@ -299,3 +299,46 @@ def test_numbered_experts_write_numbers_and_solve_as_before(explores: bool) -> N
     numbered.reset(seed=0)
     args = json.loads(numbered.expert_action().split("\n")[1])["arguments"]
     assert all(value.isdigit() for value in args.values())
+
+
+@pytest.mark.parametrize("numbered", [False, True])
+def test_marked_shows_which_exits_lead_to_visited_rooms(numbered: bool) -> None:
+    env = GraphNav(size="small", marked=True, numbered=numbered)
+    task = env.reset(seed=3)[0]
+    assert "(visited)" not in task  # only the start room is visited, and no room is its own exit
+    start = env.room
+    first = sorted(env.world.graph[start])[0]
+    assert call(env, "move", to=first).info["tool_errors"] == 0
+    looked = call(env, "look").observation[0].content
+    back = f'"{start}" (visited)'
+    assert back in looked and looked.count("(visited)") == 1
+    assert ("[" in looked) == numbered
+    assert f'"{start}" (visited)' not in call(env, "move", to="nowhere").observation[0].content  # errors: no marks
+    unmarked = GraphNav(size="small", numbered=numbered)
+    unmarked.reset(seed=3)
+    call(unmarked, "move", to=first)
+    assert call(unmarked, "look").observation[0].content == looked.replace(" (visited)", "")
+
+
+def test_marked_explorer_walks_through_the_first_unmarked_exit() -> None:
+    """While exploring, the explorer's move is the first exit without a mark whenever the room has one."""
+    checked = 0
+    for seed in range(50):
+        env = GraphNav(size="small", marked=True, numbered=True, expert_explores=True)
+        env.reset(seed=seed)
+        looked = ""
+        while (action := env.expert_action()) is not None:
+            args = json.loads(action.split("\n")[1])
+            w = env.world
+            if args["name"] == "move" and looked and w.key not in env._inventory:  # still exploring
+                exits = looked.split("Exits: ")[1].split(".")[0].split(", ")
+                fresh = [e for e in exits if "(visited)" not in e]
+                if fresh:
+                    assert fresh[0].startswith(f'[{args["arguments"]["to"]}] '), (seed, looked, action)
+                    checked += 1
+            result = env.step(action)
+            looked = result.observation[0].content if args["name"] == "look" else looked
+            if result.terminated:
+                break
+        assert env.world.goal == env.room
+    assert checked > 50
