@@ -334,7 +334,9 @@ class GraphNav(ToolEnv):
         if self.knobs.numbered:
             shown = [f"[{i}] {name}" for i, name in enumerate(shown, 1)]
         if exits and self.knobs.marked:
-            shown = [name + " (visited)" if room in self._visited else name for room, name in zip(names, shown)]
+            visited = set(self._visited)
+            shown = [f"{name} (visited)" if room in visited else name
+                     for room, name in zip(names, shown, strict=True)]
         return shown
 
     def _pick(self, argument: str, value: str, names: list[str]) -> str:

@@ -301,7 +301,7 @@ def check_accounting(rec: Recording) -> None:
                 cut += gen.finish_reason == "length"
                 if actions < len(log):  # else: the step raised (env_error), nothing was logged
                     assert log[actions][0] == chat.action_text(gen.token_ids)
-                    step = log[actions][1]  # its reward, less the penalty of its failed calls, on its last token
+                    step = log[actions][1]  # its reward less its failed calls' penalty, on its last token
                     rewards[-1] = float(step.reward) - cfg.tool_error_penalty * step.info["tool_errors"]
                 actions += 1
             assert list(st.token_ids) == session.stream()
