@@ -27,10 +27,12 @@ Data flow inside ``TorchSampler.generate`` (one call, all sessions batched):
 
 Sampling and the recorded log-probabilities:
 
-- ``logprob = log_softmax(logits / temperature)[token]``, computed before top-p truncation. The learner
-  recomputes exactly this quantity (same temperature, full vocabulary). Top-p < 1 samples from the
-  renormalised nucleus, a distribution slightly different from the recorded one; the importance ratio
-  then treats the full-vocabulary tempered distribution as the behaviour policy.
+- ``logprob`` is the log-probability of the token under the distribution it was sampled from:
+  ``log_softmax(logits / temperature)[token]`` with ``top_p == 1``, the learner's recomputed quantity
+  (same temperature, full vocabulary); with ``top_p < 1`` the renormalised nucleus,
+  ``log_softmax(logits / temperature)[token] - log(kept mass)``. The recorded log-prob is the behaviour
+  policy's, so under top-p the first importance ratio of a token is the nucleus mass (at most 1), not 1:
+  the learner trains the full tempered distribution and corrects for having sampled a narrower one.
 - ``temperature == 0`` is greedy decoding; its recorded log-probs are those of the temperature-1
   distribution.
 - Randomness: one ``torch.Generator`` seeded from ``params.seed``; every sampling step draws one uniform
@@ -154,8 +156,8 @@ def sample_tokens(
         uniforms_B: one draw in [0, 1) per row, (B,); ignored when greedy.
 
     Returns:
-        token ids (B,) int64 and ``log_softmax(logits / T)`` at them (B,) float32, before top-p
-        truncation (T = 1 when greedy).
+        token ids (B,) int64 and their log-probs (B,) float32 under the distribution sampled from:
+        ``log_softmax(logits / T)`` (T = 1 when greedy), renormalised to the nucleus when top_p < 1.
     """
     logits_BV = logits_BV.float()
     if params.temperature == 0.0:
@@ -174,7 +176,12 @@ def sample_tokens(
         index_B = (
             torch.searchsorted(cdf_BV, target_B1, right=True).squeeze(-1).clamp_(max=cdf_BV.shape[-1] - 1)
         )
-        tokens_B = order_BV.gather(-1, index_B[:, None]).squeeze(-1) if params.top_p < 1.0 else index_B
+        if params.top_p < 1.0:
+            tokens_B = order_BV.gather(-1, index_B[:, None]).squeeze(-1)
+            # the nucleus renormalised: log p - log(kept mass), the distribution actually sampled from
+            logp_BV = logp_BV - torch.log(cdf_BV[:, -1:])
+        else:
+            tokens_B = index_B
     logprobs_B = logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
     return tokens_B, logprobs_B
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -59,6 +61,13 @@ PROMPTS = [_ids(1, 5), _ids(2, 13), _ids(3, 1)]
 OBSERVATIONS = [[_ids(10, 4), _ids(11, 1), _ids(12, 9)], [_ids(20, 7), _ids(21, 2), _ids(22, 3)]]
 
 
+def _log_nucleus_mass(logp_V: torch.Tensor, top_p: float) -> torch.Tensor:
+    """log of the probability mass top-p keeps: the tokens whose sorted mass before them is < top_p."""
+    probs = logp_V.exp().sort(descending=True).values
+    before = probs.cumsum(0) - probs
+    return probs[before < top_p].sum().log()
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -74,7 +83,9 @@ def test_recorded_logprobs_match_a_fresh_forward_over_the_whole_sequence(model, 
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([sequence])).logits[0].float()
         logp = torch.log_softmax(logits / temperature, dim=-1)
-        fresh = [logp[pos - 1, sequence[pos]].item() for pos, _ in recorded]
+        top_p = params.get("top_p", 1.0) if params["temperature"] else 1.0
+        fresh = [(logp[pos - 1, sequence[pos]] - _log_nucleus_mass(logp[pos - 1], top_p)).item()
+                 for pos, _ in recorded]
         assert len(recorded) > 0
         assert fresh == pytest.approx([lp for _, lp in recorded], abs=1e-4)
 
@@ -262,14 +273,16 @@ def test_same_seed_same_tokens_and_other_seed_other_tokens(model) -> None:
     assert [g.token_ids for g in run(4)] != [g.token_ids for g in run(5)]
 
 
-def test_tiny_top_p_is_greedy_but_records_the_full_distribution(model) -> None:
+def test_tiny_top_p_is_greedy_and_records_the_nucleus_it_sampled_from(model) -> None:
     greedy = generate_without_cache(model, PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=6))
     nucleus = generate_without_cache(
         model, PROMPTS, SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=6, seed=2)
     )
     for g, n in zip(greedy, nucleus, strict=True):
         assert g.token_ids == n.token_ids
-        assert g.logprobs == pytest.approx(n.logprobs, abs=1e-6)  # both are temperature-1 log-probs
+        # a nucleus of one token: it was sampled with probability 1
+        assert n.logprobs == pytest.approx([0.0] * len(n.logprobs), abs=1e-6)
+        assert max(g.logprobs) < -1e-3  # the full distribution's log-probs, which top-p must not record
 
 
 def test_sample_tokens_inverse_cdf_hand_case() -> None:
@@ -281,11 +294,10 @@ def test_sample_tokens_inverse_cdf_hand_case() -> None:
     assert logprobs.tolist() == pytest.approx(torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4])).tolist())
     # top_p = 0.65: sorted [0.4, 0.3, 0.2, 0.1], mass before each = [0, 0.4, 0.7, 0.9] -> keep {3, 2};
     # nucleus cdf = [0.4, 0.7] of 0.7, so u = 0.5 -> target 0.35 -> token 3, u = 0.6 -> 0.42 -> token 2.
+    # Recorded: the renormalised nucleus, log(0.4 / 0.7) and log(0.3 / 0.7), not log 0.4 and log 0.3.
     tokens, logprobs = sample_tokens(logits[:2], SamplingParams(top_p=0.65), torch.tensor([0.5, 0.6]))
     assert tokens.tolist() == [3, 2]
-    assert logprobs.tolist() == pytest.approx(
-        [torch.log(torch.tensor(0.4)).item(), torch.log(torch.tensor(0.3)).item()]
-    )
+    assert logprobs.tolist() == pytest.approx([math.log(0.4 / 0.7), math.log(0.3 / 0.7)], abs=1e-6)
 
 
 def test_protocol_validation_and_session_lifecycle(model) -> None:
