@@ -28,8 +28,9 @@ Every cut is recorded on the episode and counted in the metrics; nothing is trun
 truncation reasons: ``context_full`` (strategy ``none``, or a resumed window that leaves no room),
 ``env_truncated`` (the environment's own cap) and ``env_error`` (its ``step`` raised or returned
 something that is not a ``StepResult``; the message is in ``info["env_error"]``). A task whose ``reset``
-raises, or whose first prompt leaves no room for a response, yields no episode: it is reported in
-``RunResult.failures`` and the run goes on.
+raises, whose first prompt leaves no room for a response, or whose episode ends before its first action
+(a cap such as ``max_total_tokens`` leaves no room for one: no policy token to train on) yields no
+episode: it is reported in ``RunResult.failures``, enters no GRPO group, and the run goes on.
 
 Token accounting of one sub-trace: ``token_ids`` is exactly the stream the model was given plus what it
 sampled; ``loss_mask`` is 1 exactly at sampled tokens (actions, summaries); ``logprobs`` are the sampler's
@@ -327,7 +328,12 @@ class Runner:
                 self._on_generation(run, gen)
             for run in [r for r in active if r.phase == "done"]:
                 active.remove(run)
-                done[run.index] = self._episode(run)
+                episode = self._episode(run)
+                if episode.num_policy_tokens == 0:  # nothing to train on: a failed task, in no GRPO group
+                    failures.append(Failure(run.task, f"no policy token: the episode ended ({run.reason}) "
+                                                      "before its first action"))
+                else:
+                    done[run.index] = episode
                 if run.reason != "env_error":  # an env that crashed is not reused
                     free.append(run.env)
         episodes = [done[i] for i in sorted(done)]

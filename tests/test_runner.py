@@ -458,6 +458,22 @@ def test_max_total_tokens_bounds_every_action_and_truncates(tiny: Tiny) -> None:
     assert observation_counted  # which caps depend on the default tokenizer's token counts
 
 
+def test_an_episode_without_a_policy_token_is_a_failed_task(tiny: Tiny) -> None:
+    # Regression: a cap that leaves no room for the first action gave a truncated "episode" of prompt
+    # tokens only, with reward 0, which entered its GRPO group's mean and std.
+    tasks = [Task(0, "g"), Task(1, "g")]  # one group of two
+    probe = tiny.record(strategy_config("keep_last", max_turns=1), Chatter, tasks)
+    prompts = [e.sub_traces[0].loss_mask.index(1) for e in probe.result.episodes]  # the prompts' lengths
+    cap = min(prompts) + strategy_config("keep_last").max_response_tokens - 1  # short of any first action
+    rec = tiny.record(strategy_config("keep_last", max_total_tokens=cap), Chatter, tasks)
+    assert rec.result.episodes == []
+    assert [f.task.seed for f in rec.result.failures] == [0, 1]
+    errors = [f.error for f in rec.result.failures]
+    assert all("no policy token" in e and "max_total_tokens" in e for e in errors), errors
+    assert rec.result.metrics["failed_tasks"] == 2.0
+    assert rec.result.metrics["episodes"] == 0.0
+
+
 def test_max_compactions_truncates_and_is_counted(tiny: Tiny) -> None:
     config = strategy_config("keep_last", max_compactions=1, max_turns=50)
     rec = tiny.record(config, Chatter, [Task(0, "a"), Task(1, "b")])
