@@ -213,6 +213,15 @@ def policy_token_count(rows: Sequence[Row], indices: Iterable[int] | None = None
     return sum(row.num_policy_tokens for row in chosen)
 
 
+def episode_policy_tokens(rows: Sequence[Row]) -> dict[int, int]:
+    """Policy tokens of each episode over its rows (``episode_index`` -> count): the ``seq_tokens`` of
+    ``losses.aggregate``'s seq-mean modes, where a sequence is an episode. Pass whole episodes."""
+    out: dict[int, int] = {}
+    for row in rows:
+        out[row.episode_index] = out.get(row.episode_index, 0) + row.num_policy_tokens
+    return out
+
+
 def policy_row_count(rows: Sequence[Row], indices: Iterable[int] | None = None) -> int:
     """Rows with at least one policy token: the ``num_seqs`` of a mini-batch for the seq-mean modes."""
     chosen = rows if indices is None else [rows[i] for i in indices]

@@ -48,7 +48,10 @@ if typing.TYPE_CHECKING:
 # The choices of the math modules (which import torch); tests/test_config.py checks they stay equal to
 # agentrl.losses.AGGREGATION_MODES / KL_KINDS, agentrl.advantages.TRUNCATION_MODES / EPISODE_GAE_MODES,
 # agentrl.compaction.STRATEGIES and agentrl.models.SIZES.
-Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+Aggregation = Literal[
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
+    "subtrace-mean-token-mean",
+]
 KLKind = Literal["k1", "k2", "k3"]
 Truncation = Literal["bootstrap", "mask", "zero"]
 GAEMode = Literal["episode", "local"]
@@ -422,7 +425,9 @@ class PPOSection(_Section):
             before GAE).
         k3_max: per-token cap on the k3 estimator; null: no cap.
         aggregation: how per-token losses become one: ``token-mean`` (the global token normaliser),
-            ``seq-mean-token-mean``, ``seq-mean-token-sum`` or ``seq-mean-token-sum-norm``.
+            ``seq-mean-token-mean``, ``seq-mean-token-sum`` or ``seq-mean-token-sum-norm`` (a sequence
+            is an episode, all its sub-traces together), or ``subtrace-mean-token-mean`` (each
+            sub-trace its own sequence; for comparison).
         horizon: the constant normaliser of ``seq-mean-token-sum-norm``; null: ``rollout.context_budget``.
     """
 
@@ -485,7 +490,8 @@ class GRPOSection(_Section):
         kl_kind: the KL estimator: ``k1``, ``k2`` or ``k3`` (GRPO's).
         k3_max: per-token cap on the k3 estimator; null: no cap.
         aggregation: ``token-mean``, ``seq-mean-token-mean`` (the original GRPO), ``seq-mean-token-sum``
-            or ``seq-mean-token-sum-norm`` (Dr. GRPO).
+            or ``seq-mean-token-sum-norm`` (Dr. GRPO), a sequence being an episode (all its sub-traces);
+            or ``subtrace-mean-token-mean`` (each sub-trace its own sequence; for comparison).
         horizon: the constant normaliser of ``seq-mean-token-sum-norm``; null: ``rollout.context_budget``.
     """
 

@@ -70,6 +70,7 @@ from agentrl.batch import (
     Row,
     collate,
     critic_values,
+    episode_policy_tokens,
     evaluate_logprobs,
     evaluate_values,
     pack,
@@ -412,7 +413,12 @@ class Learner:
     def _policy_loss_fn(self, rows: Sequence[Row]) -> Callable[[Batch, _Meter], torch.Tensor]:
         """The micro-batch policy loss of the mini-batch ``rows`` (its normalisers bound in)."""
         algo = self.cfg.algorithm_section
-        n, seqs = policy_token_count(rows), policy_row_count(rows)
+        n = policy_token_count(rows)
+        # A sequence of the seq-mean modes is an episode (all its sub-traces), so that compaction never
+        # changes an episode's weight; subtrace-mean-token-mean counts rows instead, for comparison.
+        episode_tokens = episode_policy_tokens(rows)
+        per_row = algo.aggregation == "subtrace-mean-token-mean"
+        seqs = policy_row_count(rows) if per_row else sum(count > 0 for count in episode_tokens.values())
 
         def loss_fn(batch: Batch, meter: _Meter) -> torch.Tensor:
             out, values = self._forward(batch)
@@ -426,9 +432,11 @@ class Learner:
                 k = kl(out.logprobs, batch.ref_logprobs, algo.kl_kind, mask=mask, k3_max=algo.k3_max)
                 per_token = per_token + algo.kl_beta * k
                 meter.add("policy/kl", k.sum() / tokens.clamp_min(1), tokens)
+            seq_tokens = torch.tensor([episode_tokens[e] for e in batch.episode_index.tolist()],
+                                      device=batch.loss_mask.device)
             loss = aggregate(
                 per_token, batch.loss_mask, algo.aggregation,
-                num_tokens=n, num_seqs=seqs, horizon=self.cfg.horizon,
+                num_tokens=n, num_seqs=seqs, horizon=self.cfg.horizon, seq_tokens=seq_tokens,
             )
             if values is not None:
                 vloss, vmetrics = self._value_loss(values, batch, n)

@@ -27,7 +27,10 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-AGGREGATION_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AGGREGATION_MODES = (
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
+    "subtrace-mean-token-mean",
+)
 KL_KINDS = ("k1", "k2", "k3")
 # Bound on |log ratio| before exp: e^20 ~ 4.9e8 is finite in float32 and bfloat16 (not in float16).
 LOG_RATIO_CLAMP = 20.0
@@ -284,35 +287,49 @@ def aggregate(
     num_tokens: Count | None = None,
     num_seqs: Count | None = None,
     horizon: Count | None = None,
+    seq_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reduce a (B, T) per-token loss to a scalar.
 
-    A row is one sequence. In the learner a row is one **sub-trace** (one context window), not one
-    episode: an episode compacted into three sub-traces counts as three sequences in the seq-mean
-    modes. Rows must therefore not pack several sub-traces. Rows with no policy token contribute 0 and
-    are not counted as sequences.
+    A row is a part of a sequence: in the learner a row is one **sub-trace** (one context window) and a
+    sequence is its **episode**, so that compaction never changes an episode's weight (an episode split
+    into three windows weighs what it would weigh unsplit; the original GRPO normalises per output, and
+    an output here is an episode). ``seq_tokens`` says how many policy tokens the sequence of each row
+    has over all its rows; without it every row is a sequence of its own.
 
-    Modes (S = per-row sum of the masked loss, n = per-row policy-token count):
+    Modes (S_b = row b's sum of the masked loss, n_b = its policy-token count, N_b = ``seq_tokens[b]``,
+    the policy tokens of row b's sequence; rows with n_b = 0 contribute 0):
 
-    - ``token-mean`` (default; DAPO, Yu et al. 2025): ``sum(S) / num_tokens``.
-    - ``seq-mean-token-mean`` (GRPO, Shao et al. 2024): ``sum(S / n over rows with n > 0) / num_seqs``.
-    - ``seq-mean-token-sum``: ``sum(S) / num_seqs``.
-    - ``seq-mean-token-sum-norm`` (Dr. GRPO, Liu et al. 2025): ``sum(S) / (num_seqs * horizon)``.
+    - ``token-mean`` (default; DAPO, Yu et al. 2025): ``sum_b S_b / num_tokens``.
+    - ``seq-mean-token-mean`` (GRPO, Shao et al. 2024): ``sum_b (S_b / N_b) / num_seqs``: the mean over
+      sequences of each sequence's token mean.
+    - ``seq-mean-token-sum``: ``sum_b S_b / num_seqs``.
+    - ``seq-mean-token-sum-norm`` (Dr. GRPO, Liu et al. 2025): ``sum_b S_b / (num_seqs * horizon)``.
+    - ``subtrace-mean-token-mean``: ``seq-mean-token-mean`` with every row its own sequence whatever
+      ``seq_tokens`` says (``sum_b (S_b / n_b) / num_seqs``, ``num_seqs`` counting rows): the
+      per-window weighting, for comparison only. A compacted episode weighs more than the same episode
+      uncompacted, and the tokens of a short window weigh more than those of a long one.
 
     Micro-batch invariance: the sum over micro-batches of ``aggregate`` equals the mini-batch value, and
     so do the gradients, when the denominators are the mini-batch's (summed over data-parallel ranks too):
-    ``num_tokens`` (total policy tokens) for token-mean; ``num_seqs`` (rows with a policy token) for the
-    seq-mean modes; ``num_seqs`` and ``horizon`` for seq-mean-token-sum-norm. Seq-mean modes need whole
-    rows in each micro-batch; token-mean allows any split. Denominators a mode does not use are ignored.
+    ``num_tokens`` (total policy tokens) for token-mean; ``num_seqs`` (sequences with a policy token) for
+    the seq-mean modes, with ``seq_tokens`` counted over the whole mini-batch; ``num_seqs`` and
+    ``horizon`` for seq-mean-token-sum-norm. Any split into micro-batches keeps the value, even one that
+    puts a sequence's rows in different micro-batches; token-mean even allows splitting a row.
+    Denominators a mode does not use are ignored.
 
     Args:
         per_token: (B, T) per-token loss; values at mask-0 positions are ignored (even NaN).
         mask: (B, T) 1 at policy tokens.
         mode: one of ``AGGREGATION_MODES``.
         num_tokens: global policy-token count; default ``mask.sum()`` of this batch.
-        num_seqs: global count of rows with a policy token; default that count in this batch.
+        num_seqs: global count of sequences with a policy token; default ``sum_b n_b / N_b`` over this
+            batch's rows (each sequence whose rows are all here counts 1); rows with a policy token for
+            ``subtrace-mean-token-mean``.
         horizon: Dr. GRPO's constant length normaliser (e.g. the maximum response tokens per sub-trace);
             default ``T``, which is only invariant if every micro-batch is padded to the same ``T``.
+        seq_tokens: (B,) policy tokens of each row's sequence (>= the row's own count); default each
+            row's own count.
 
     Returns:
         0-d tensor. A denominator of 0 counts as 1, so an all-masked batch gives 0.
@@ -331,13 +348,28 @@ def aggregate(
     if mode == "token-mean":
         return row_sums.sum() / _denominator(row_counts.sum() if num_tokens is None else num_tokens, row_sums)
 
-    seqs = _denominator((row_counts > 0).sum() if num_seqs is None else num_seqs, row_sums)
-    if mode == "seq-mean-token-mean":
-        return (row_sums / row_counts.clamp_min(1).to(row_sums.dtype)).sum() / seqs
+    lengths = row_counts if mode == "subtrace-mean-token-mean" else _seq_tokens(seq_tokens, row_counts)
+    share = row_counts.to(row_sums.dtype) / lengths.clamp_min(1).to(row_sums.dtype)  # n_b / N_b
+    seqs = _denominator(share.sum() if num_seqs is None else num_seqs, row_sums)
+    if mode in ("seq-mean-token-mean", "subtrace-mean-token-mean"):
+        return (row_sums / lengths.clamp_min(1).to(row_sums.dtype)).sum() / seqs
     if mode == "seq-mean-token-sum":
         return row_sums.sum() / seqs
     length = _denominator(m.shape[-1] if horizon is None else horizon, row_sums)
     return row_sums.sum() / (seqs * length)
+
+
+def _seq_tokens(seq_tokens: torch.Tensor | None, row_counts: torch.Tensor) -> torch.Tensor:
+    """``seq_tokens`` checked against the rows' own counts (a sequence holds at least its row's tokens)."""
+    if seq_tokens is None:
+        return row_counts
+    if not isinstance(seq_tokens, torch.Tensor) or seq_tokens.shape != row_counts.shape:
+        got = tuple(seq_tokens.shape) if isinstance(seq_tokens, torch.Tensor) else type(seq_tokens).__name__
+        raise ValueError(f"seq_tokens: expected a tensor of shape {tuple(row_counts.shape)}, got {got}")
+    seq_tokens = seq_tokens.to(row_counts.device)
+    if not bool((seq_tokens >= row_counts).all()):
+        raise ValueError("seq_tokens: each row's sequence must hold at least the row's own policy tokens")
+    return seq_tokens
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -470,3 +470,28 @@ def test_the_learner_refuses_missing_models(policy):
         Learner(_cfg("grpo", kl_beta=0.0), policy, critic=critic_from_policy(policy, seed=0))
     with pytest.raises(ValueError, match="SharedValueHead"):
         Learner(_cfg("ppo"), policy, critic=SharedValueHead(_policy(seed=1)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seq-mean aggregation: a sequence is an episode, whatever its number of sub-traces.
+
+# One GRPO group: a compacted episode (two sub-traces) that got 1 and an uncompacted one that got 0.
+COMPACTED_VS_NOT = [(((23, 4), (14, 6)), "a", 1.0, "terminated"), (((12, 3),), "a", 0.0, "terminated")]
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "seq-mean-token-sum", "subtrace-mean-token-mean"])
+def test_seq_mean_modes_count_an_episode_once_however_it_was_compacted(mode):
+    # At the first step every ratio is 1, so the surrogate of a token is -A of its episode; GRPO gives the
+    # group (1, 0) advantages A = +-0.5 / std = +-1/sqrt(2) (sample std sqrt(0.5)).
+    policy = _policy()
+    episodes = _episodes(policy, spec=COMPACTED_VS_NOT)
+    n0, n1 = (e.num_policy_tokens for e in episodes)
+    a = 1 / math.sqrt(2)
+    expected = {
+        "seq-mean-token-mean": (-a + a) / 2,  # each episode's token mean, averaged over the 2 episodes
+        "seq-mean-token-sum": (-a * n0 + a * n1) / 2,  # token sums over 2 episodes, not 3 sub-traces
+        "subtrace-mean-token-mean": (-a - a + a) / 3,  # the per-window weighting: 2/3 for the compacted one
+    }[mode]
+    learner = Learner(_cfg("grpo", lr=1e-9, aggregation=mode, kl_beta=0.0), policy, seed=0)
+    metrics = learner.step(episodes)
+    assert metrics["policy/loss"] == pytest.approx(expected, abs=1e-4)

@@ -221,6 +221,41 @@ def test_aggregate_each_mode(mode, kwargs, expected):
     assert per_token.grad[2].abs().sum() == 0 and per_token.grad[0, 3] == 0
 
 
+def test_seq_mean_counts_an_episode_once_however_it_was_compacted():
+    # Two episodes of 320 policy tokens: one compacted into windows of 300 and 20 (rows 0 and 1), one
+    # not (row 2). The gradient of the loss with respect to a per-token loss of 1 is each token's weight.
+    mask = torch.zeros(3, 320, dtype=torch.bool)
+    mask[0, :300], mask[1, :20], mask[2, :] = True, True, True
+    seq_tokens = torch.tensor([320, 320, 320])
+
+    def weights(mode, **kwargs):
+        per_token = torch.ones(3, 320, dtype=torch.float64, requires_grad=True)
+        aggregate(per_token, mask, mode, **kwargs).backward()
+        g = per_token.grad
+        return g[:2].sum().item(), g[2].sum().item(), (g[1, 0] / g[0, 0]).item()
+
+    # per episode: 1/2 each, and a token of the short window weighs what one of the long window does
+    assert weights("seq-mean-token-mean", seq_tokens=seq_tokens) == pytest.approx((0.5, 0.5, 1.0))
+    # seq-mean-token-sum: 1 / num_seqs per token, num_seqs = 2 episodes (not 3 rows)
+    assert weights("seq-mean-token-sum", seq_tokens=seq_tokens)[:2] == pytest.approx((320 / 2, 320 / 2))
+    assert weights("seq-mean-token-sum-norm", seq_tokens=seq_tokens, horizon=400)[:2] == pytest.approx(
+        (320 / 800, 320 / 800)
+    )
+    # per sub-trace (the named comparison mode, and the default without seq_tokens): 2/3 against 1/3,
+    # and a token of the 20-token window weighs 300 / 20 = 15 times one of the 300-token window
+    for kwargs in ({"seq_tokens": seq_tokens}, {}):
+        assert weights("subtrace-mean-token-mean", **kwargs) == pytest.approx((2 / 3, 1 / 3, 15.0))
+    assert weights("seq-mean-token-mean") == pytest.approx((2 / 3, 1 / 3, 15.0))
+
+
+def test_aggregate_refuses_bad_seq_tokens():
+    mask = torch.tensor([[1, 1, 0]])
+    with pytest.raises(ValueError, match="seq_tokens"):
+        aggregate(torch.ones(1, 3), mask, "seq-mean-token-mean", seq_tokens=torch.tensor([1]))  # < 2 here
+    with pytest.raises(ValueError, match="seq_tokens"):
+        aggregate(torch.ones(1, 3), mask, "seq-mean-token-mean", seq_tokens=torch.tensor([2, 2]))
+
+
 @pytest.mark.parametrize("mode", AGGREGATION_MODES)
 def test_aggregate_all_masked_is_zero(mode):
     per_token = _t([[NAN, 1.0], [2.0, INF]]).requires_grad_()
@@ -247,8 +282,9 @@ def _loss_terms(lp, old, adv, ref, mask, mode, **denominators):
     length=st.integers(1, 9),
     mode=st.sampled_from(AGGREGATION_MODES),
     cuts=st.lists(st.integers(1, 6), max_size=4),
+    by_seq=st.booleans(),
 )
-def test_micro_batches_with_global_denominators_match_full_batch(seed, batch, length, mode, cuts):
+def test_micro_batches_with_global_denominators_match_full_batch(seed, batch, length, mode, cuts, by_seq):
     g = torch.Generator().manual_seed(seed)
     lp = -3.0 * torch.rand(batch, length, generator=g, dtype=torch.float64)
     old = lp + 0.6 * torch.randn(batch, length, generator=g, dtype=torch.float64)  # ratios in and out
@@ -257,9 +293,16 @@ def test_micro_batches_with_global_denominators_match_full_batch(seed, batch, le
     mask = torch.rand(batch, length, generator=g) < 0.6
     mask[torch.rand(batch, generator=g) < 0.25] = False  # some rows have no policy token
     denominators = {"num_tokens": mask.sum(), "num_seqs": int(mask.any(dim=1).sum()), "horizon": 12}
+    seq_tokens = None
+    if by_seq:  # rows are parts of sequences (sub-traces of episodes); a micro-batch may split a sequence
+        seq = torch.randint(0, batch, (batch,), generator=g)
+        counts = torch.zeros(batch, dtype=torch.long).index_add_(0, seq, mask.sum(dim=1))
+        seq_tokens = counts[seq]
+        if mode != "subtrace-mean-token-mean":
+            denominators["num_seqs"] = int((counts > 0).sum())
 
     full_lp = lp.clone().requires_grad_()
-    full = _loss_terms(full_lp, old, adv, ref, mask, mode, **denominators)
+    full = _loss_terms(full_lp, old, adv, ref, mask, mode, seq_tokens=seq_tokens, **denominators)
     full.backward()
 
     bounds = sorted({min(c, batch) for c in cuts} | {0, batch})
@@ -270,7 +313,8 @@ def test_micro_batches_with_global_denominators_match_full_batch(seed, batch, le
         width = int(cols.max()) + 1 if len(cols) else 1
         part = lp[lo:hi, :width].clone().requires_grad_()
         loss = _loss_terms(part, old[lo:hi, :width], adv[lo:hi, :width], ref[lo:hi, :width],
-                           mask[lo:hi, :width], mode, **denominators)
+                           mask[lo:hi, :width], mode, **denominators,
+                           seq_tokens=None if seq_tokens is None else seq_tokens[lo:hi])
         loss.backward()
         total += loss.detach()
         grad[lo:hi, :width] = part.grad
