@@ -13,10 +13,11 @@ Departures from the papers:
 - Episode-level GAE chains the sub-traces of a compacted episode: the last policy token of a sub-trace
   bootstraps from the value at the first policy token of the next one, a state seen through a
   different (compacted) context. The paper has one unbroken sequence of states.
-- A truncated episode with ``truncation="bootstrap"`` uses the value at its last policy token as the
-  value of the unseen state after it (no extra critic call); ``truncation="mask"`` drops the episode's
-  tokens from the loss instead; ``truncation="zero"`` ends it as if terminated (bootstrap 0: the cap is
-  part of the task, and a cut episode's return is the reward it got).
+- A truncated episode with ``truncation="bootstrap"`` bootstraps from ``bootstrap_values``: the critic's
+  value of the state the episode stopped in, after its last observation (one more critic evaluation
+  per cut episode, made by the learner). ``truncation="mask"`` drops the episode's tokens from the loss
+  instead; ``truncation="zero"`` (the default of ``ppo.truncation``) ends it as if terminated
+  (bootstrap 0: the cap is part of the task, and a cut episode's return is the reward it got).
 - ``mode="local"`` (sub-trace-local GAE scaled by ``(gamma*lam) ** (policy tokens after it)``) is this
   project's alternative, not a paper's.
 - ``length_adaptive_lambda`` (VAPO, Yue et al. 2025) is clamped to [0, 1): the formula is negative for
@@ -264,14 +265,6 @@ def _layout(mask: torch.Tensor, episode_index: torch.Tensor, num_episodes: int) 
     return _Layout(row_tokens, row_offset, episode_tokens)
 
 
-def _last_policy_value(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) value at each row's last policy token; 0 for a row without one."""
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    last = torch.where(mask, positions, -1).amax(dim=1)
-    picked = values.gather(1, last.clamp_min(0)[:, None])[:, 0]
-    return torch.where(last >= 0, picked, torch.zeros((), dtype=values.dtype, device=values.device))
-
-
 def _episode_mode(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -312,8 +305,9 @@ def episode_gae(
     gamma: float,
     lam: Lam,
     truncated: torch.Tensor,
-    truncation: Literal["bootstrap", "mask", "zero"] = "bootstrap",
+    truncation: Literal["bootstrap", "mask", "zero"] = "zero",
     mode: Literal["episode", "local"] = "episode",
+    bootstrap_values: torch.Tensor | None = None,
 ) -> GAEOutput:
     """Skip-observation GAE over whole episodes, for a batch of sub-traces (one per row).
 
@@ -325,14 +319,15 @@ def episode_gae(
     multiplies its advantages by ``(gamma * lam) ** k`` with k the episode's policy tokens in later
     sub-traces. In both modes ``returns = advantages + values`` at the tokens kept.
 
-    The end of an episode: terminated, bootstrap 0. Truncated with ``truncation="bootstrap"``: the value
-    at the episode's last policy token stands in for the unseen next state, so the last delta is
-    ``r + (gamma - 1) * V_last``. Truncated with ``truncation="mask"``: every token of the episode is
-    dropped from the returned ``mask`` (its return is unknown, and with lam = 1 every advantage depends
-    on it), and its advantages and returns are 0. Truncated with ``truncation="zero"``: as terminated.
-    Where every failure is a cut (a task that ends only on success, under a turn cap), ``bootstrap``
-    with ``gamma = 1`` gives failures the critic's own value as their return: nothing pulls the values
-    down, and they drift up to the success reward; ``zero`` scores a cut as the failure it is.
+    The end of an episode: terminated, bootstrap 0. Truncated with ``truncation="bootstrap"``: the
+    episode's ``bootstrap_values`` entry, the critic's value of the state it stopped in (after its last
+    observation), so the last delta is ``r + gamma * V_end - V_last``. Truncated with
+    ``truncation="mask"``: every token of the episode is dropped from the returned ``mask`` (its return
+    is unknown, and with lam = 1 every advantage depends on it), and its advantages and returns are 0.
+    Truncated with ``truncation="zero"`` (the default): as terminated. Where every failure is a cut (a
+    task that ends only on success, under a turn cap), ``bootstrap`` with ``gamma = 1`` gives failures
+    the critic's own estimate as their return: nothing pulls the values down, and they drift up to the
+    success reward; ``zero`` scores a cut as the failure it is.
 
     Args:
         rewards: (B, T) per-token rewards (read at policy tokens only).
@@ -345,6 +340,8 @@ def episode_gae(
         truncated: (E,) bool, True for an episode that was cut short rather than terminated.
         truncation: what a truncated episode does, ``"bootstrap"``, ``"mask"`` or ``"zero"``.
         mode: ``"episode"`` or ``"local"``.
+        bootstrap_values: (E,) the value of the state each episode stopped in; read for truncated
+            episodes with ``truncation="bootstrap"`` only, and required then.
 
     Returns:
         ``GAEOutput`` with (B, T) advantages, returns and bool mask.
@@ -370,15 +367,14 @@ def episode_gae(
     lam_e = _lam_tensor(lam, E, dtype, v.device, "number of episodes (E,) = len(truncated)")
     cut = truncated.to(device=m.device, dtype=torch.bool)
     layout = _layout(m, index, E)
-    # The row holding the episode's last policy token bootstraps truncated episodes from its own value.
-    ends = layout.row_offset + layout.row_tokens == layout.episode_tokens[index]
-    holds_last = (layout.row_tokens > 0) & ends
-    use_value = holds_last & cut[index] & (truncation == "bootstrap")
-    bootstrap_b = torch.where(use_value, _last_policy_value(v, m), zero)
+    bootstrap_e = _end_values(bootstrap_values, cut, truncation, E, dtype, v.device)
     if mode == "episode":
-        bootstrap_e = torch.zeros(E, dtype=dtype, device=v.device).index_add_(0, index, bootstrap_b)
         adv, ret = _episode_mode(r, v, m, index, layout, gamma, lam_e, bootstrap_e)
     else:
+        # The row holding the episode's last policy token bootstraps from the state the episode ended in.
+        ends = layout.row_offset + layout.row_tokens == layout.episode_tokens[index]
+        holds_last = (layout.row_tokens > 0) & ends
+        bootstrap_b = torch.where(holds_last, bootstrap_e[index], zero)
         lam_b = lam_e[index]
         adv, _ = _gae_core(r, v, m, gamma, lam_b, bootstrap_b)
         later = (layout.episode_tokens[index] - layout.row_offset - layout.row_tokens).to(dtype)
@@ -389,6 +385,24 @@ def episode_gae(
     return GAEOutput(adv.to(out_dtype), ret.to(out_dtype), keep)
 
 
+def _end_values(
+    bootstrap_values: torch.Tensor | None, cut: torch.Tensor, truncation: str, E: int, dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """(E,) value after each episode's last policy token: ``bootstrap_values`` for the truncated episodes
+    under ``truncation="bootstrap"``, 0 for every other."""
+    zeros = torch.zeros(E, dtype=dtype, device=device)
+    if truncation != "bootstrap" or not bool(cut.any()):
+        return zeros
+    if bootstrap_values is None:
+        raise ValueError("bootstrap_values: truncation='bootstrap' needs the value of the state each "
+                         "truncated episode stopped in")
+    _check_tensor("bootstrap_values", bootstrap_values, 1, floating=True)
+    _check_shape("bootstrap_values", bootstrap_values, (E,), "number of episodes (E,) = len(truncated)")
+    end = bootstrap_values.to(device=device, dtype=dtype)
+    return torch.where(cut.to(device), end, zeros)
+
+
 def single_episode_gae(
     rewards: Sequence[torch.Tensor],
     values: Sequence[torch.Tensor],
@@ -397,8 +411,9 @@ def single_episode_gae(
     gamma: float,
     lam: float,
     truncated: bool,
-    truncation: Literal["bootstrap", "mask", "zero"] = "bootstrap",
+    truncation: Literal["bootstrap", "mask", "zero"] = "zero",
     mode: Literal["episode", "local"] = "episode",
+    bootstrap_value: float | None = None,
 ) -> list[GAEOutput]:
     """``episode_gae`` for the sub-traces of one episode given as lists of 1-D tensors.
 
@@ -408,6 +423,7 @@ def single_episode_gae(
         masks: one (T_i,) 0/1 tensor per sub-trace.
         gamma, lam, truncation, mode: as in ``episode_gae`` (``lam`` a float here).
         truncated: whether the episode was cut short.
+        bootstrap_value: the value of the state the episode stopped in (``truncation="bootstrap"``).
 
     Returns:
         One ``GAEOutput`` of (T_i,) tensors per sub-trace.
@@ -440,6 +456,9 @@ def single_episode_gae(
         truncated=torch.tensor([truncated], device=device),
         truncation=truncation,
         mode=mode,
+        bootstrap_values=None if bootstrap_value is None else torch.tensor(
+            [float(bootstrap_value)], dtype=torch.float64, device=device
+        ),
     )
     lengths = [x.shape[0] for x in masks]
     return [

@@ -783,6 +783,48 @@ def evaluate_values(
     return _evaluate(rows, run, max_tokens=max_tokens, pad_id=pad_id, device=device)
 
 
+@torch.no_grad()
+def evaluate_end_values(
+    critic: ValueModel,
+    sequences: Sequence[Sequence[int]],
+    *,
+    max_tokens: int,
+    pad_id: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The critic's value of the state after reading each whole sequence, without gradients.
+
+    ``ValueModel``'s ``out[:, s]`` is the value after tokens 0..s, so this is ``out[b, len_b - 1]``: for
+    a truncated episode's last sub-trace followed by its ``final_observation_ids``, the value of the
+    state it stopped in (``ppo.truncation: bootstrap``). Sequences are right-padded into micro-batches
+    of at most ``max_tokens`` padded tokens (at least one sequence each).
+
+    Returns:
+        (N,) values in the critic's dtype, on ``device`` (default: the critic's input device, CPU).
+    """
+    out: list[torch.Tensor] = []
+    start = 0
+    while start < len(sequences):
+        stop, longest = start + 1, len(sequences[start])
+        while stop < len(sequences) and (stop - start + 1) * max(longest, len(sequences[stop])) <= max_tokens:
+            longest = max(longest, len(sequences[stop]))
+            stop += 1
+        chunk = sequences[start:stop]
+        lengths = torch.tensor([len(x) for x in chunk])
+        if bool((lengths < 1).any()):
+            raise ValueError("sequences: expected at least one token in each")
+        ids = torch.full((len(chunk), int(lengths.max())), pad_id, dtype=torch.long)
+        for b, x in enumerate(chunk):
+            ids[b, : len(x)] = torch.as_tensor(list(x), dtype=torch.long)
+        attention = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+        if device is not None:
+            ids, attention, lengths = ids.to(device), attention.to(device), lengths.to(device)
+        values = critic(ids, attention)
+        out.append(values.gather(1, (lengths - 1)[:, None])[:, 0])
+        start = stop
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def _evaluate(
     rows: Sequence[Row],
     run: Callable[[Batch], torch.Tensor],

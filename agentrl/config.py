@@ -405,8 +405,9 @@ class PPOSection(_Section):
         alpha: the ``alpha`` of the length-adaptive lambda, > 0 (used when ``actor_lam`` is adaptive).
         gae_mode: ``episode`` (GAE chained across an episode's sub-traces) or ``local`` (each sub-trace
             alone, scaled by (gamma*lam)^(policy tokens after it)).
-        truncation: a truncated episode ``bootstrap``s from the value at its last policy token, is
-            dropped from the loss (``mask``), or ends as if terminated (``zero``: a cut is a failure).
+        truncation: a truncated episode ends as if terminated (``zero``, the default: a cut is a
+            failure, its return the reward it got), ``bootstrap``s from the critic's value of the state
+            it stopped in (after its last observation), or is dropped from the loss (``mask``).
         whiten_advantages: whiten the advantages over the batch's policy tokens before the loss.
         whiten_shift_mean: when whitening, subtract the mean (false: rescale only, keeping signs).
         value_pretrain_steps: critic-only iterations before the first policy update (the initial
@@ -437,7 +438,7 @@ class PPOSection(_Section):
     actor_lam: float | Literal["adaptive"] = "adaptive"
     alpha: float = 1.5
     gae_mode: GAEMode = "episode"
-    truncation: Truncation = "bootstrap"
+    truncation: Truncation = "zero"
     whiten_advantages: bool = False
     whiten_shift_mean: bool = True
     value_pretrain_steps: int = 0

@@ -71,6 +71,7 @@ from agentrl.batch import (
     collate,
     critic_values,
     episode_policy_tokens,
+    evaluate_end_values,
     evaluate_logprobs,
     evaluate_values,
     pack,
@@ -250,6 +251,7 @@ class Learner:
             "truncated": torch.tensor([e.truncated for e in episodes]),
             "truncation": ppo.truncation,
             "mode": ppo.gae_mode,
+            "bootstrap_values": self.end_values(episodes) if ppo.truncation == "bootstrap" else None,
         }
         args = (rewards, batch.old_values, batch.loss_mask, batch.episode_index)
         actor = episode_gae(*args, lam=self.actor_lam(episodes), **common)
@@ -258,6 +260,19 @@ class Learner:
         if ppo.whiten_advantages:
             advantages = whiten(advantages, actor.mask, shift_mean=ppo.whiten_shift_mean)
         return update_rows(rows, batch, advantages=advantages, returns=critic.returns, loss_mask=actor.mask)
+
+    def end_values(self, episodes: Sequence[Episode]) -> torch.Tensor:
+        """(E,) the critic's value of the state each truncated episode stopped in: its last sub-trace
+        followed by its ``final_observation_ids`` (the observation a cap withheld); 0 for the others.
+        One more critic evaluation per truncated episode; what ``ppo.truncation: bootstrap`` uses."""
+        cut = [e for e, episode in enumerate(episodes) if episode.truncated]
+        out = torch.zeros(len(episodes), dtype=torch.float64)
+        if cut:
+            states = [episodes[e].sub_traces[-1].token_ids + episodes[e].final_observation_ids for e in cut]
+            values = evaluate_end_values(self.critic, states, max_tokens=self.cfg.optim.micro_batch_tokens,
+                                         pad_id=self.pad_id, device=self.device)
+            out[cut] = values.double().cpu()
+        return out
 
     def actor_lam(self, episodes: Sequence[Episode]) -> float | torch.Tensor:
         """The policy's GAE lambda: ``ppo.actor_lam``, or with ``adaptive`` an (E,) tensor

@@ -36,7 +36,9 @@ Token accounting of one sub-trace: ``token_ids`` is exactly the stream the model
 sampled; ``loss_mask`` is 1 exactly at sampled tokens (actions, summaries); ``logprobs`` are the sampler's
 recorded ones there; a step's reward sits on the last token of the action that earned it. An episode
 that ends after an action (done, or stopped by a cap) ends its last sub-trace with that action: the
-observation no model turn would read is not appended.
+observation no model turn would read is not appended. A truncated episode keeps the tokens of that
+withheld observation in ``Episode.final_observation_ids``, the state it stopped in, which
+``ppo.truncation: bootstrap`` values.
 
 This module imports no torch; environments are stepped one after the other in this process.
 """
@@ -222,6 +224,7 @@ class _Run:
     end: str | None = None
     reason: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    withheld: tuple[int, ...] = ()  # an observation a cap kept from the model: final_observation_ids
 
     @property
     def num_compactions(self) -> int:
@@ -455,7 +458,8 @@ class Runner:
         if result.terminated:
             self._end(run, "terminated", None)
         elif result.truncated:
-            self._end(run, "truncated", "env_truncated")
+            delta = self.chat.observation_ids(tuple(result.observation), sampled_ids=gen.token_ids)
+            self._withhold(run, delta, "env_truncated")
         else:
             self._observe(run, tuple(result.observation))
 
@@ -465,8 +469,8 @@ class Runner:
         assert window is not None and last is not None
         delta = self.chat.observation_ids(observation, sampled_ids=last.token_ids)
         reason = self._cap_reason(run, pending=len(delta))
-        if reason is not None:  # no action follows: the observation is never shown, so it is not recorded
-            self._end(run, "truncated", reason)
+        if reason is not None:  # no action follows: the observation is never shown, so it is withheld
+            self._withhold(run, delta, reason)
             return
         if self._fits(len(window.token_ids) + len(delta)):
             window.add_context(self.sampler, delta)
@@ -474,14 +478,20 @@ class Runner:
             return
         strategy = self.config.compaction.strategy
         if strategy == "none":
-            self._end(run, "truncated", "context_full")
+            self._withhold(run, delta, "context_full")
         elif run.num_compactions >= self.config.max_compactions:
-            self._end(run, "truncated", "max_compactions")
+            self._withhold(run, delta, "max_compactions")
         elif strategy == "policy":
             self._ask_summary(run, observation)
         else:
             summary = self._digest(run) if strategy == "env" else None
             self._resume(run, summary, keep_latest=False)
+
+    def _withhold(self, run: _Run, delta: Sequence[int], reason: str) -> None:
+        """End the episode before its observation is shown: the tokens go to the episode's
+        ``final_observation_ids`` (the state it stopped in), not into a sub-trace."""
+        run.withheld = tuple(delta)
+        self._end(run, "truncated", reason)
 
     def _ask_summary(self, run: _Run, observation: tuple[Message, ...]) -> None:
         """Ask the policy for its summary, after the observation if that fits, else right after the action."""
@@ -572,6 +582,7 @@ class Runner:
             num_turns=run.num_turns,
             num_tool_errors=run.num_tool_errors,
             info=info,
+            final_observation_ids=run.withheld if run.end == "truncated" else (),
         )
 
 

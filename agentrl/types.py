@@ -129,6 +129,10 @@ class Episode:
         num_turns: policy turns taken.
         num_tool_errors: tool calls that came back as an error observation.
         info: free-form facts from the environment (e.g. ``success``); JSON-serialisable.
+        final_observation_ids: the tokens of the observation that followed a truncated episode's last
+            action but was never shown to the model (a cap stopped the episode first; it is in no
+            sub-trace). The state the episode stopped in is its last sub-trace followed by these tokens:
+            what ``ppo.truncation: bootstrap`` values. Empty when nothing was withheld.
     """
 
     sub_traces: tuple[SubTrace, ...]
@@ -139,10 +143,15 @@ class Episode:
     num_turns: int = 0
     num_tool_errors: int = 0
     info: Mapping[str, Any] = field(default_factory=dict)
+    final_observation_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.sub_traces, tuple):
             object.__setattr__(self, "sub_traces", tuple(self.sub_traces))
+        if not isinstance(self.final_observation_ids, tuple):
+            object.__setattr__(self, "final_observation_ids", tuple(self.final_observation_ids))
+        if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in self.final_observation_ids):
+            raise ValueError("final_observation_ids: expected non-negative ints")
         if not self.sub_traces:
             raise ValueError("sub_traces: an episode needs at least one sub-trace")
         if not all(isinstance(s, SubTrace) for s in self.sub_traces):
@@ -192,6 +201,7 @@ class Episode:
             "num_turns": self.num_turns,
             "num_tool_errors": self.num_tool_errors,
             "info": dict(self.info),
+            "final_observation_ids": list(self.final_observation_ids),
             "sub_traces": [s.to_dict() for s in self.sub_traces],
         }
 
@@ -206,5 +216,6 @@ class Episode:
             num_turns=d.get("num_turns", 0),
             num_tool_errors=d.get("num_tool_errors", 0),
             info=d.get("info", {}),
+            final_observation_ids=tuple(d.get("final_observation_ids", ())),
         )
 

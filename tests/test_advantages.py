@@ -46,13 +46,13 @@ def ref_gae(rewards, values, mask, gamma, lam, bootstrap=0.0):
     return adv, ret
 
 
-def ref_episode_gae(subtraces, gamma, lam, truncated, truncation, mode):
-    """Episode-level GAE of one episode given as [(rewards, values, mask), ...] lists, by concatenation.
+def ref_episode_gae(subtraces, gamma, lam, truncated, truncation, mode, bootstrap_value=0.0):
+    """Episode-level GAE of one episode given as [(rewards, values, mask), ...] lists, by concatenation;
+    ``bootstrap_value``: the value of the state a truncated episode stopped in.
 
     Returns per sub-trace (advantages, returns, keep) lists."""
     flat = [(r, v) for rs, vs, ms in subtraces for r, v, m in zip(rs, vs, ms, strict=True) if m]
-    last_value = flat[-1][1] if flat else 0.0
-    end_value = last_value if truncated and truncation == "bootstrap" else 0.0
+    end_value = bootstrap_value if truncated and truncation == "bootstrap" else 0.0
     if mode == "episode":
         n = len(flat)
         adv_flat, ret_flat = ref_gae(
@@ -248,12 +248,13 @@ def test_episode_gae_terminated_chains_subtraces():
     assert torch.equal(out.mask, mask.bool())
 
 
-def test_episode_gae_truncated_bootstraps_from_the_last_value_or_is_masked_or_ends():
-    # Truncated, bootstrap: the state after t3 is worth V_last = 0.8:
-    #   t3: delta = 1 + 0.9*0.8 - 0.8 = 0.92     A = 0.92
-    #   t2: A = 0.02 + 0.45*0.92  = 0.434
-    #   t1: A = 0.03 + 0.45*0.434 = 0.2253
-    #   t0: A = 0.04 + 0.45*0.2253 = 0.141385
+def test_episode_gae_truncated_bootstraps_from_the_state_it_stopped_in_or_is_masked_or_ends():
+    # Truncated, bootstrap: the state the episode stopped in (after its last observation) is worth 0.3,
+    # a critic evaluation of its own, not the value 0.8 at the last policy token:
+    #   t3: delta = 1 + 0.9*0.3 - 0.8 = 0.47     A = 0.47
+    #   t2: A = 0.02 + 0.45*0.47  = 0.2315
+    #   t1: A = 0.03 + 0.45*0.2315 = 0.134175
+    #   t0: A = 0.04 + 0.45*0.134175 = 0.10037875
     # Rows 2-3 are the same episode again, truncated and masked: every token dropped, outputs 0.
     rewards, values, mask = _two_subtraces()
     batch = [torch.cat([x, x]) for x in (rewards, values, mask)]
@@ -264,10 +265,14 @@ def test_episode_gae_truncated_bootstraps_from_the_last_value_or_is_masked_or_en
         lam=0.5,
         truncated=torch.tensor([True, True]),
         truncation="bootstrap",
+        bootstrap_values=_t([0.3, 5.0]),
     )
     torch.testing.assert_close(
-        out.advantages[:2], _t([[0.0, 0.141385, 0.2253, 0.0], [0.0, 0.0, 0.434, 0.92]])
+        out.advantages[:2], _t([[0.0, 0.10037875, 0.134175, 0.0], [0.0, 0.0, 0.2315, 0.47]])
     )
+    with pytest.raises(ValueError, match="bootstrap_values"):
+        episode_gae(*batch, torch.tensor([0, 0, 1, 1]), gamma=0.9, lam=0.5,
+                    truncated=torch.tensor([True, True]), truncation="bootstrap")
     out = episode_gae(
         *batch,
         torch.tensor([0, 0, 1, 1]),
@@ -285,6 +290,25 @@ def test_episode_gae_truncated_bootstraps_from_the_last_value_or_is_masked_or_en
     terminated = _t([[0.0, 0.075775, 0.0795, 0.0], [0.0, 0.0, 0.11, 0.2]])
     torch.testing.assert_close(out.advantages, torch.cat([terminated, terminated]))
     assert torch.equal(out.mask, batch[2].bool())
+
+
+def test_a_cut_zero_reward_episode_with_rising_values_gets_no_positive_advantage():
+    # Regression: bootstrapping from the value at the last policy token, with gamma = lam = 1, made every
+    # target of a cut episode reward-to-go + V_last: values rising 0.6 -> 0.9 gave A = +0.3, +0.2, +0.1, 0
+    # and the last token's value loss no gradient (its target was its own value). From the state the
+    # episode stopped in, worth 0.5: A_t = 0.5 - V_t and every return is 0.5.
+    values = _t([[0.0, 0.6, 0.7, 0.8, 0.9]])
+    mask = torch.tensor([[0, 1, 1, 1, 1]])
+    rewards = torch.zeros_like(values)
+    common = dict(gamma=1.0, lam=1.0, truncated=torch.tensor([True]))
+    out = episode_gae(rewards, values, mask, torch.tensor([0]), truncation="bootstrap",
+                      bootstrap_values=_t([0.5]), **common)
+    torch.testing.assert_close(out.advantages, _t([[0.0, -0.1, -0.2, -0.3, -0.4]]))
+    torch.testing.assert_close(out.returns, _t([[0.0, 0.5, 0.5, 0.5, 0.5]]))
+    # The default, zero: the cut is the failure it is, every return 0.
+    out = episode_gae(rewards, values, mask, torch.tensor([0]), **common)
+    torch.testing.assert_close(out.advantages, _t([[0.0, -0.6, -0.7, -0.8, -0.9]]))
+    torch.testing.assert_close(out.returns, torch.zeros_like(values))
 
 
 def test_episode_gae_local_mode_scales_by_later_policy_tokens():
@@ -353,6 +377,7 @@ def _rows(episodes, order):
 def test_episode_gae_equals_gae_on_the_concatenated_policy_tokens(batch, truncation, mode):
     episodes, order, truncated, lam, gamma = batch
     rewards, values, mask, index, origin = _rows(episodes, order)
+    ends = [0.25 * e - 0.4 for e in range(len(episodes))]  # the states the episodes stopped in
     out = episode_gae(
         rewards,
         values,
@@ -363,9 +388,11 @@ def test_episode_gae_equals_gae_on_the_concatenated_policy_tokens(batch, truncat
         truncated=torch.tensor(truncated),
         truncation=truncation,
         mode=mode,
+        bootstrap_values=_t(ends),
     )
     refs = [
-        ref_episode_gae(ep, gamma, lam[e], truncated[e], truncation, mode) for e, ep in enumerate(episodes)
+        ref_episode_gae(ep, gamma, lam[e], truncated[e], truncation, mode, ends[e])
+        for e, ep in enumerate(episodes)
     ]
     for b, (e, k) in enumerate(origin):
         adv, ret, keep = refs[e][k]
@@ -384,6 +411,7 @@ def test_episode_gae_equals_gae_on_the_concatenated_policy_tokens(batch, truncat
         truncated=truncated[e],
         truncation=truncation,
         mode=mode,
+        bootstrap_value=ends[e],
     )
     for k, part in enumerate(single):
         torch.testing.assert_close(part.advantages, _t(refs[e][k][0]))

@@ -279,7 +279,8 @@ def test_critic_outputs_at_masked_and_padding_positions_never_reach_an_advantage
         with torch.no_grad():
             values = critic_values(model, batch)
         out = episode_gae(batch.rewards, values, batch.loss_mask, batch.episode_index, gamma=0.9,
-                          lam=0.8, truncated=truncated, truncation="bootstrap", mode=mode)
+                          lam=0.8, truncated=truncated, truncation="bootstrap", mode=mode,
+                          bootstrap_values=torch.full(truncated.shape, 0.5))
         return values, out.advantages, out.returns
 
     clean = advantages(critic)

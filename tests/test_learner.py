@@ -326,10 +326,9 @@ def test_returns_use_the_critic_lambda_and_advantages_the_adaptive_lambda_per_ep
     assert len(set(lam.tolist())) > 1
     for e, episode in enumerate(episodes):
         mine = [r for r in rows if r.episode_index == e]
-        # gamma = critic_lam = 1: a return is the reward still to come in the episode, plus for a
-        # truncated episode the bootstrap from the value at its last policy token.
-        bootstrap = float(mine[-1].old_values[mine[-1].loss_mask][-1]) if episode.truncated else 0.0
-        after = episode.reward + bootstrap
+        # gamma = critic_lam = 1: a return is the reward still to come in the episode (the default
+        # truncation, zero, ends a truncated episode as if terminated).
+        after = episode.reward
         for row in mine:
             for t in range(row.num_tokens):
                 if row.loss_mask[t]:
@@ -495,3 +494,47 @@ def test_seq_mean_modes_count_an_episode_once_however_it_was_compacted(mode):
     learner = Learner(_cfg("grpo", lr=1e-9, aggregation=mode, kl_beta=0.0), policy, seed=0)
     metrics = learner.step(episodes)
     assert metrics["policy/loss"] == pytest.approx(expected, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Truncation: bootstrap from the state the episode stopped in.
+
+
+@pytest.mark.parametrize("critic_kind", ["separate", "shared"])
+def test_bootstrap_values_the_state_after_the_withheld_observation(policy, critic_kind):
+    # Regression: bootstrapping from the value at the last policy token made every return of a cut
+    # episode reward-to-go + V_last (gamma = lam = 1) and left the last token's value loss no gradient.
+    # Now: the critic's value after reading the last sub-trace and the observation a cap withheld.
+    withheld = (11, 12, 13)
+    episodes = [e if e.terminated else dataclasses.replace(e, final_observation_ids=withheld)
+                for e in _episodes(policy)]
+    shared = critic_kind == "shared"
+    critic = SharedValueHead(policy, seed=1) if shared else critic_from_policy(policy, seed=1)
+    learner = Learner(_cfg("ppo", truncation="bootstrap", critic_lam=1.0), policy, critic=critic)
+    rows = learner.prepare(episodes)
+    for e, episode in enumerate(episodes):
+        mine = [r for r in rows if r.episode_index == e]
+        end = 0.0
+        if episode.truncated:  # a fresh forward over the state: last sub-trace + withheld observation
+            ids = torch.tensor([list(episode.sub_traces[-1].token_ids) + list(withheld)])
+            with torch.no_grad():
+                end = float(critic(ids, torch.ones_like(ids))[0, -1])
+            last_value = float(mine[-1].old_values[mine[-1].loss_mask][-1])
+            assert abs(end - last_value) > 1e-4  # the case tells the two apart
+        after = episode.reward + end
+        for row in mine:
+            for t in range(row.num_tokens):
+                if row.loss_mask[t]:
+                    assert float(row.returns[t]) == pytest.approx(after, abs=1e-5)
+                    after -= float(row.rewards[t])
+
+
+def test_evaluate_end_values_matches_one_forward_per_sequence(policy):
+    critic = critic_from_policy(policy, seed=2)
+    sequences = [[1, 2, 3, 4, 5], [7], [9, 8, 7, 6, 5, 4, 3, 2], [3, 3]]
+    with torch.no_grad():
+        expected = [float(critic(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0, -1])
+                    for s in sequences]
+    for max_tokens in (1, 10, 4096):  # one sequence per micro-batch, a few, all at once
+        got = learner_module.evaluate_end_values(critic, sequences, max_tokens=max_tokens, pad_id=0)
+        assert got.tolist() == pytest.approx(expected, abs=1e-5)

@@ -320,6 +320,13 @@ def check_accounting(rec: Recording) -> None:
         penalties = cfg.tool_error_penalty * sum(r.info["tool_errors"] for _, r, _ in log)
         assert ep.reward == pytest.approx(sum(r.reward for _, r, _ in log) - penalties, abs=1e-12)
         assert (ep.info["cut_responses"], ep.info["cut_summaries"]) == (cut, cut_summaries)
+        if ep.final_observation_ids:  # a truncated episode's withheld observation, after its last action
+            assert ep.truncated and log
+            last_action = policy_segments(ep.sub_traces[-1])[-1]
+            withheld = chat.observation_ids(log[-1][1].observation, sampled_ids=last_action)
+            assert list(ep.final_observation_ids) == withheld
+        else:
+            assert ep.terminated or ep.truncation_reason not in ("max_turns", "env_truncated")
     metrics = rec.result.metrics
     assert metrics["cut_responses"] == sum(e.info["cut_responses"] for e in episodes)
     assert metrics["episodes"] == len(episodes)
@@ -416,8 +423,13 @@ def test_max_turns_truncates_and_is_counted(tiny: Tiny) -> None:
     ends = [(e.end, e.truncation_reason, e.num_turns) for e in episodes]
     assert ends == [("truncated", "max_turns", 3)] * 2
     assert rec.result.metrics["truncated_max_turns"] == 2.0
-    # the last observation is never shown to the model, so the sub-trace ends with the last action
+    # the last observation is never shown to the model, so the sub-trace ends with the last action; the
+    # episode keeps it apart, as the state it stopped in
     assert all(e.sub_traces[-1].loss_mask[-1] == 1 for e in episodes)
+    for e in episodes:
+        last_action = policy_segments(e.sub_traces[-1])[-1]
+        withheld = tiny.chat.observation_ids(rec.logs[e.task_id][-1][1].observation, sampled_ids=last_action)
+        assert len(withheld) > 0 and list(e.final_observation_ids) == withheld
 
 
 def test_max_turns_reached_on_a_full_window_ends_without_compacting(tiny: Tiny) -> None:
@@ -452,6 +464,7 @@ def test_max_total_tokens_bounds_every_action_and_truncates(tiny: Tiny) -> None:
         last_token = ep.sub_traces[-1].token_ids[-1:]  # only whether it ended with its stop token matters
         withheld = tiny.chat.observation_ids(last_step.observation, sampled_ids=last_token)
         assert ep.sub_traces[-1].loss_mask[-1] == 1  # the episode ends with its last action
+        assert list(ep.final_observation_ids) == withheld  # and keeps the withheld observation apart
         assert cap < ep.num_tokens + len(withheld) + config.max_response_tokens
         observation_counted += ep.num_tokens + config.max_response_tokens <= cap
         assert rec.result.metrics["truncated_max_total_tokens"] == 1.0
