@@ -85,6 +85,7 @@ from agentrl.batch import (
 )
 from agentrl.config import OptimSection, TrainConfig
 from agentrl.critic import SharedValueHead
+from agentrl.diagnostics import explained_variance
 from agentrl.losses import aggregate, kl, policy_loss, value_loss
 from agentrl.types import Episode
 
@@ -151,11 +152,8 @@ def batch_metrics(rows: Sequence[Row]) -> dict[str, float]:
     if batch.old_values is not None and batch.returns is not None:
         m = batch.loss_mask
         out["critic/value_mean"], _ = _masked_moments(batch.old_values, m)
-        out["critic/return_mean"], return_std = _masked_moments(batch.returns, m)
-        _, residual_std = _masked_moments(batch.returns - batch.old_values, m)
-        scale = max(abs(out["critic/return_mean"]), return_std, 1.0)
-        varies = return_std > 1e-6 * scale
-        out["critic/explained_variance"] = 1.0 - residual_std**2 / return_std**2 if varies else 0.0
+        out["critic/return_mean"], _ = _masked_moments(batch.returns, m)
+        out["critic/explained_variance"] = explained_variance(batch.returns[m], batch.old_values[m])
     return out
 
 

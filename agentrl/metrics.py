@@ -1,7 +1,8 @@
 """Training metrics: ``metrics.jsonl``, TensorBoard events and a progress line (DESIGN.md section 9).
 
-Every key is a constant below, namespaced ``rollout/``, ``policy/``, ``critic/``, ``adv/``, ``perf/``
-(plus ``skipped_updates`` and ``grad_norm/``), and described in docs/metrics.md; ``ALL_KEYS`` lists them.
+Every key is a constant below, namespaced ``rollout/``, ``policy/``, ``critic/``, ``adv/``, ``credit/``,
+``perf/`` (plus ``skipped_updates`` and ``grad_norm/``), and described in docs/metrics.md; ``ALL_KEYS``
+lists them.
 
 ``MetricsLogger(run_dir)`` writes, for each ``log(iteration, metrics)``:
 
@@ -80,6 +81,15 @@ CRITIC_PRETRAINING = "critic/pretraining"
 ADV_MEAN = "adv/mean"
 ADV_STD = "adv/std"
 
+# Credit diagnostics (agentrl.diagnostics): per sub-trace index (windows 3 and later pooled), and groups.
+CREDIT_SLOTS = ("0", "1", "2", "3+")
+CREDIT_STATS = ("adv_mean", "adv_var", "explained_variance")
+CREDIT_SUB_TRACE = {
+    (slot, stat): f"credit/sub_trace_{slot}/{stat}" for slot in CREDIT_SLOTS for stat in CREDIT_STATS
+}
+CREDIT_GROUPS = "credit/groups"
+CREDIT_UNEVEN_GROUPS = "credit/uneven_groups"
+
 # Performance.
 PHASES = ("rollout", "advantages", "critic", "policy", "checkpoint")
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
@@ -100,6 +110,7 @@ ALL_KEYS: tuple[str, ...] = (
     POLICY_LOSS, POLICY_CLIP_FRAC, POLICY_APPROX_KL, POLICY_ENTROPY, POLICY_KL, POLICY_DUAL_CLIP_FRAC,
     POLICY_RATIO_MEAN, CRITIC_LOSS, CRITIC_EXPLAINED_VARIANCE, CRITIC_CLIP_FRAC, CRITIC_VALUE_MEAN,
     CRITIC_RETURN_MEAN, CRITIC_PRETRAINING, ADV_MEAN, ADV_STD,
+    *CREDIT_SUB_TRACE.values(), CREDIT_GROUPS, CREDIT_UNEVEN_GROUPS,
     PERF_TOKENS_PER_S, *PERF_SECONDS.values(), PERF_PEAK_MEMORY_MB, PERF_PADDING_FRACTION,
     SKIPPED_UPDATES, GRAD_NORM_POLICY, GRAD_NORM_CRITIC,
 )

@@ -55,6 +55,7 @@ from agentrl.critic import (
     load_shared_value_head,
     reference_from_policy,
 )
+from agentrl.diagnostics import credit_metrics
 from agentrl.episodes import save_episodes
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
@@ -225,7 +226,7 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
 
     with timer.phase("advantages"):
         rows = t.learner.prepare(episodes)
-        metrics |= batch_metrics(rows)
+        metrics |= batch_metrics(rows) | credit_metrics(rows, episodes)
 
     updates: list[dict[str, float]] = []
     match cfg.algorithm:

@@ -58,6 +58,8 @@ def test_train_runs_and_every_trained_parameter_changes(tmp_path: Path, config: 
     assert all(r["skipped_updates"] == 0 for r in records)
     logged = {key for r in records for key in r} - {"iteration"}
     assert logged <= set(ALL_KEYS), logged - set(ALL_KEYS)  # every logged key is in the glossary
+    assert last["credit/groups"] >= 1 and "credit/sub_trace_0/adv_var" in last  # the credit diagnostics
+    assert ("credit/sub_trace_0/explained_variance" in last) == ppo
 
     initial, _ = load_model(run / "initial_model")
     final = latest_checkpoint(run)
