@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from agentrl.losses import logprobs_and_entropy
-from agentrl.types import Episode
+from agentrl.types import Episode, SubTrace
 
 # Per-token float fields a Row may carry besides its rewards and sampling-time log-probabilities;
 # ``None`` until the learner fills them.
@@ -160,7 +160,7 @@ def _check_float_vector(name: str, x: object, n: int, where: str) -> None:
         raise ValueError(f"{name}: expected a floating-point tensor, got {v.dtype} {where}")
 
 
-def rows_from_episodes(episodes: Sequence[Episode]) -> list[Row]:
+def rows_from_episodes(episodes: Sequence[Episode], *, train_summaries: bool = True) -> list[Row]:
     """Flatten episodes into rows, one per sub-trace, episode by episode and in sub-trace order.
 
     That order is the one ``advantages.episode_gae`` needs (an episode's rows in sub-trace order).
@@ -168,6 +168,8 @@ def rows_from_episodes(episodes: Sequence[Episode]) -> list[Row]:
 
     Args:
         episodes: the episodes; ``Row.episode_index`` is the position in this sequence.
+        train_summaries: False takes the policy-written summaries (``SubTrace.summary_start`` on) out of
+            ``loss_mask``: no loss, and GAE skips them like observation tokens.
 
     Returns:
         The rows, ``sum(len(e.sub_traces) for e in episodes)`` of them.
@@ -182,7 +184,7 @@ def rows_from_episodes(episodes: Sequence[Episode]) -> list[Row]:
                     episode_index=e,
                     sub_trace_index=s,
                     token_ids=torch.tensor(sub.token_ids, dtype=torch.long),
-                    loss_mask=torch.tensor(sub.loss_mask, dtype=torch.bool),
+                    loss_mask=torch.tensor(_trained(sub, train_summaries), dtype=torch.bool),
                     old_logprobs=torch.tensor(
                         [0.0 if lp is None else lp for lp in sub.logprobs], dtype=torch.float32
                     ),
@@ -190,6 +192,13 @@ def rows_from_episodes(episodes: Sequence[Episode]) -> list[Row]:
                 )
             )
     return rows
+
+
+def _trained(sub: SubTrace, train_summaries: bool) -> Sequence[int]:
+    """The sub-trace's loss mask, less its summary when summaries are not trained."""
+    if train_summaries or sub.summary_start is None:
+        return sub.loss_mask
+    return (*sub.loss_mask[: sub.summary_start], *[0] * (sub.num_tokens - sub.summary_start))
 
 
 def set_fields(rows: Sequence[Row], **per_row: Sequence[torch.Tensor]) -> list[Row]:

@@ -430,6 +430,9 @@ class PPOSection(_Section):
             is an episode, all its sub-traces together), or ``subtrace-mean-token-mean`` (each
             sub-trace its own sequence; for comparison).
         horizon: the constant normaliser of ``seq-mean-token-sum-norm``; null: ``rollout.context_budget``.
+        train_summaries: train the summaries the policy writes at a ``policy`` compaction with the
+            episode's credit (true), or take them out of the loss (false; GAE skips them like
+            observation tokens), for the ablation of what a trained summary adds.
     """
 
     SECTION: ClassVar[str] = "ppo"
@@ -456,6 +459,7 @@ class PPOSection(_Section):
     k3_max: float | None = 10.0
     aggregation: Aggregation = "token-mean"
     horizon: int | None = None
+    train_summaries: bool = True
 
     def _validate(self) -> None:
         self._check("gamma", 0 <= self.gamma <= 1, "a number in [0, 1]")
@@ -494,6 +498,9 @@ class GRPOSection(_Section):
             or ``seq-mean-token-sum-norm`` (Dr. GRPO), a sequence being an episode (all its sub-traces);
             or ``subtrace-mean-token-mean`` (each sub-trace its own sequence; for comparison).
         horizon: the constant normaliser of ``seq-mean-token-sum-norm``; null: ``rollout.context_budget``.
+        train_summaries: train the summaries the policy writes at a ``policy`` compaction with the
+            episode's credit (true), or take them out of the loss (false; GAE skips them like
+            observation tokens), for the ablation of what a trained summary adds.
     """
 
     SECTION: ClassVar[str] = "grpo"
@@ -509,6 +516,7 @@ class GRPOSection(_Section):
     k3_max: float | None = 10.0
     aggregation: Aggregation = "token-mean"
     horizon: int | None = None
+    train_summaries: bool = True
 
     def _validate(self) -> None:
         self._check("eps", self.eps > 0, "a number > 0")

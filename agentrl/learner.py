@@ -221,7 +221,7 @@ class Learner:
         a KL term is on. ``old_logprobs`` are the episodes' recorded ones. No gradient is taken."""
         if not episodes:
             raise ValueError("episodes: expected at least one episode")
-        rows = rows_from_episodes(episodes)
+        rows = rows_from_episodes(episodes, train_summaries=self.cfg.algorithm_section.train_summaries)
         if self.reference is not None:
             ref = evaluate_logprobs(self.reference, rows, temperature=self.temperature,
                                     **self._eval_kwargs(self.cfg.optim.shared_prefix))

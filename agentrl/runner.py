@@ -177,6 +177,7 @@ class _Window:
     logprobs: list[float | None]
     rewards: list[float]
     turns: list[Turn]
+    summary_start: int | None = None  # where the policy's summary closing this window begins
 
     @classmethod
     def open(cls, sampler: Sampler, ids: Sequence[int], turns: Sequence[Turn]) -> _Window:
@@ -197,7 +198,7 @@ class _Window:
         self.rewards += [0.0] * len(gen.token_ids)
 
     def sub_trace(self) -> SubTrace:
-        return SubTrace(self.token_ids, self.loss_mask, self.logprobs, self.rewards)
+        return SubTrace(self.token_ids, self.loss_mask, self.logprobs, self.rewards, self.summary_start)
 
 
 @dataclass
@@ -426,6 +427,7 @@ class Runner:
                 run.partial_summary = gen  # sampled in chunks; the next round goes on
                 return
             run.partial_summary = None
+            window.summary_start = len(window.token_ids)
         window.add_sampled(gen)
         run.last = gen
         if run.phase == "summarise":

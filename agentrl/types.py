@@ -52,12 +52,16 @@ class SubTrace:
         loss_mask: 1 where the policy sampled the token, 0 for prompt, template and observation tokens.
         logprobs: the sampling-time log-probability of each policy token; ``None`` at mask-0 positions.
         rewards: per-token rewards, sparse (usually one non-zero entry at the last policy token).
+        summary_start: where the policy-written summary that closes this window begins (``policy``
+            compaction): tokens from here to the end are that summary, all policy tokens. None when the
+            window holds no summary.
     """
 
     token_ids: tuple[int, ...]
     loss_mask: tuple[int, ...]
     logprobs: tuple[float | None, ...]
     rewards: tuple[float, ...]
+    summary_start: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("token_ids", "loss_mask", "logprobs", "rewards"):
@@ -83,6 +87,13 @@ class SubTrace:
                 raise ValueError(f"logprobs: position {i} is not a policy token and must be None")
         if any(not math.isfinite(r) for r in self.rewards):
             raise ValueError("rewards: expected finite numbers")
+        start = self.summary_start
+        if start is not None and (
+            not isinstance(start, int) or isinstance(start, bool) or not 0 < start < n
+            or not all(self.loss_mask[start:])
+        ):
+            raise ValueError(f"summary_start: expected None or a position in (0, {n}) followed only by "
+                             f"policy tokens, got {start!r}")
 
     @property
     def num_tokens(self) -> int:
@@ -103,6 +114,7 @@ class SubTrace:
             "loss_mask": list(self.loss_mask),
             "logprobs": list(self.logprobs),
             "rewards": list(self.rewards),
+            "summary_start": self.summary_start,
         }
 
     @classmethod
@@ -112,6 +124,7 @@ class SubTrace:
             loss_mask=tuple(d["loss_mask"]),
             logprobs=tuple(d["logprobs"]),
             rewards=tuple(float(r) for r in d["rewards"]),
+            summary_start=d.get("summary_start"),
         )
 
 

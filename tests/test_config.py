@@ -310,6 +310,8 @@ RULES = [
     # grpo
     ("grpo.eps=0", "grpo.eps: expected a number > 0, got 0.0"),
     ("grpo.scale_by_std=maybe", "grpo.scale_by_std: expected true or false, got 'maybe'"),
+    ("grpo.train_summaries=2", "grpo.train_summaries: expected true or false"),
+    ("ppo.train_summaries=no thanks", "ppo.train_summaries: expected true or false"),
     ("grpo.epochs=0", "grpo.epochs: expected an int >= 1, got 0"),
     ("grpo.minibatches=0", "grpo.minibatches: expected an int >= 1, got 0"),
     ("grpo.clip_low=-0.1", "grpo.clip_low: expected a number in [0, 1), got -0.1"),

@@ -538,3 +538,36 @@ def test_evaluate_end_values_matches_one_forward_per_sequence(policy):
     for max_tokens in (1, 10, 4096):  # one sequence per micro-batch, a few, all at once
         got = learner_module.evaluate_end_values(critic, sequences, max_tokens=max_tokens, pad_id=0)
         assert got.tolist() == pytest.approx(expected, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Summaries in or out of the loss.
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_train_summaries_false_takes_the_summaries_out_of_the_loss(policy, algorithm):
+    # Every sub-trace that ends with policy tokens is taken to close with a summary: that trailing run.
+    def with_summary(st: SubTrace) -> SubTrace:
+        start = len(st.loss_mask)
+        while start > 1 and st.loss_mask[start - 1] == 1:
+            start -= 1
+        return dataclasses.replace(st, summary_start=start) if start < len(st.loss_mask) else st
+
+    episodes = [dataclasses.replace(e, sub_traces=tuple(with_summary(st) for st in e.sub_traces))
+                for e in _episodes(policy)]
+    summary_tokens = sum(st.num_tokens - st.summary_start for e in episodes for st in e.sub_traces
+                         if st.summary_start is not None)
+    assert summary_tokens > 0
+    critic = critic_from_policy(policy, seed=1) if algorithm == "ppo" else None
+    trained = Learner(_cfg(algorithm, kl_beta=0.0), policy, critic=critic).prepare(episodes)
+    masked_cfg = _cfg(algorithm, kl_beta=0.0, train_summaries=False)
+    masked = Learner(masked_cfg, policy, critic=critic).prepare(episodes)
+    for a, b in zip(trained, masked, strict=True):
+        start = episodes[a.episode_index].sub_traces[a.sub_trace_index].summary_start
+        expected = a.loss_mask.clone()
+        if start is not None:
+            expected[start:] = False
+        assert torch.equal(b.loss_mask, expected)
+        assert torch.all(b.advantages[~b.loss_mask] == 0)
+    dropped = sum(r.num_policy_tokens for r in trained) - sum(r.num_policy_tokens for r in masked)
+    assert dropped == summary_tokens

@@ -274,6 +274,7 @@ def check_accounting(rec: Recording) -> None:
             mask, logprobs, rewards = [0] * n, [None] * n, [0.0] * n
             gens: list[Generation] = []
             more = False  # the last generate was a summary chunk that the next one continues
+            summary_len = None  # tokens of the summary, while it is the last thing in the window
             for event, (kind, value) in enumerate(session.events):
                 if kind == "append":
                     mask += [0] * len(value)
@@ -293,7 +294,9 @@ def check_accounting(rec: Recording) -> None:
                                            gen.finish_reason))
                     more = gen.finish_reason == "length" and params.max_new_tokens < room
                     cut_summaries += gen.finish_reason == "length" and not more
+                    summary_len = len(gens[-1].token_ids)
                     continue
+                summary_len = None
                 gens.append(gen)
                 assert params.max_new_tokens == cfg.max_response_tokens
                 assert (gen.finish_reason == "stop") == (gen.token_ids[-1] in chat.stop_token_ids)
@@ -308,6 +311,7 @@ def check_accounting(rec: Recording) -> None:
             assert list(st.loss_mask) == mask
             assert list(st.logprobs) == logprobs
             assert list(st.rewards) == rewards
+            assert st.summary_start == (None if summary_len is None else st.num_tokens - summary_len)
             assert policy_segments(st) == [list(g.token_ids) for g in gens]
             texts = [chat.decode(seg) for seg in policy_segments(st)]
             assert texts == [chat.decode(g.token_ids) for g in gens]
@@ -349,6 +353,8 @@ def test_token_accounting_is_exact_for_every_compaction_strategy(tiny: Tiny, str
     check_accounting(rec)
     episodes = rec.result.episodes
     assert len(episodes) == 3 and not rec.result.failures
+    summaries = [st.summary_start for e in episodes for st in e.sub_traces if st.summary_start is not None]
+    assert bool(summaries) == (strategy == "policy")  # only the policy writes summaries into its windows
     assert all(e.num_turns >= 2 for e in episodes)
     if strategy != "none":  # the Chatter never ends by itself: every episode outgrows its window
         assert all(e.num_compactions >= 1 for e in episodes)
