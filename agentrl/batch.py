@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from agentrl.hf_compat import cache_kwargs, output_cache
 from agentrl.losses import logprobs_and_entropy
 from agentrl.types import Episode, SubTrace
 
@@ -681,7 +682,7 @@ def shared_prefix_forward(
     cache = None
     if n0:  # 1. the common prefix
         head = model(input_ids=input_ids[:1, :n0], use_cache=True, **kwargs)
-        cache = head.cache
+        cache = output_cache(head)
         pieces.append(tuple(o[0] for o in outputs(head)))
     group_mask = torch.zeros(G + 1, M, dtype=attention_mask.dtype, device=device)  # last row: no group
     if G:  # 2. each group's prefix beyond the common one, left padded to M
@@ -694,9 +695,9 @@ def shared_prefix_forward(
             cache.batch_repeat_interleave(G)
         mask = torch.cat([attention_mask.new_ones(G, n0), group_mask[:G]], dim=1)
         positions = n0 + (group_mask[:G].cumsum(dim=1) - 1).clamp(min=0)
-        mid = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                    **kwargs)
-        cache = mid.cache
+        mid = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    **cache_kwargs(model, cache), **kwargs)
+        cache = output_cache(mid)
         pieces.append(tuple(o.flatten(0, 1) for o in outputs(mid)))
     # 3. the rest of every row, on its group's cache (rows in no group: the common prefix, then masked zeros)
     slot = [G] * B
@@ -718,8 +719,8 @@ def shared_prefix_forward(
         tail_mask[b, : int(n) - start] = 1
     mask = torch.cat([attention_mask.new_ones(B, n0), group_mask[slots], tail_mask], dim=1)
     positions = torch.tensor(starts, device=device)[:, None] + torch.arange(tail_width, device=device)
-    tail = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                 **kwargs)
+    tail = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                 **cache_kwargs(model, cache), **kwargs)
     pieces.append(tuple(o.flatten(0, 1) for o in outputs(tail)))
 
     # where each (row, position) of the full layout lies in the concatenated pieces

@@ -58,6 +58,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from agentrl.hf_compat import cache_kwargs
 from agentrl.sampling import FinishReason, Generation, Sampler, SamplingParams, per_session
 
 __all__ = [
@@ -433,8 +434,8 @@ class TorchSampler:
             input_ids=ids_BN,
             attention_mask=mask_BT,
             position_ids=position_ids_BN,
-            cache=cache,
             use_cache=True,
+            **cache_kwargs(self.model, cache),
             logits_to_keep=1,
         )
         return out.logits[:, -1, :]
