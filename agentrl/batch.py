@@ -56,7 +56,7 @@ from agentrl.types import Episode, SubTrace
 
 # Per-token float fields a Row may carry besides its rewards and sampling-time log-probabilities;
 # ``None`` until the learner fills them.
-OPTIONAL_FIELDS = ("old_values", "advantages", "returns", "ref_logprobs")
+OPTIONAL_FIELDS = ("old_values", "advantages", "returns", "ref_logprobs", "tis_weights")
 # Float fields that are 0 at mask-0 positions in a Batch (rewards are kept as recorded; padding is 0).
 MASKED_FIELDS = ("old_logprobs", *OPTIONAL_FIELDS)
 
@@ -80,6 +80,8 @@ class Row:
         rewards: (T,) per-token rewards, sparse.
         old_values, advantages, returns, ref_logprobs: (T,) or None until filled (``set_fields``,
             ``update_rows``).
+        tis_weights: (T,) truncated importance-sampling weights of a sampler/learner mismatch
+            (``losses.tis_weights``), or None.
     """
 
     episode_index: int
@@ -92,6 +94,7 @@ class Row:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    tis_weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         where = f"(episode {self.episode_index}, sub-trace {self.sub_trace_index})"
@@ -252,8 +255,8 @@ class Batch:
         loss_mask: (B, T) bool, True at policy tokens only (never at padding, never at t = 0).
         old_logprobs: (B, T) sampling-time log-probabilities; 0 at mask-0 positions and padding.
         rewards: (B, T) per-token rewards as recorded; 0 at padding.
-        old_values, advantages, returns, ref_logprobs: (B, T) or None when the rows do not carry them;
-            0 at mask-0 positions and padding.
+        old_values, advantages, returns, ref_logprobs, tis_weights: (B, T) or None when the rows do not
+            carry them; 0 at mask-0 positions and padding.
         lengths: (B,) int64, real tokens per row.
         episode_index: (B,) int64, each row's ``Row.episode_index``.
         sub_trace_index: (B,) int64, each row's ``Row.sub_trace_index``.
@@ -273,6 +276,7 @@ class Batch:
     episode_index: torch.Tensor
     sub_trace_index: torch.Tensor
     row_index: torch.Tensor
+    tis_weights: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -202,6 +202,7 @@ def _check_policy_fields(s: PPOSection | GRPOSection) -> None:
     s._check("kl_beta", s.kl_beta >= 0, "a number >= 0")
     s._check("k3_max", s.k3_max is None or s.k3_max > 0, "null or a number > 0")
     s._check("horizon", s.horizon is None or s.horizon >= 1, "null or an int >= 1")
+    s._check("tis_cap", s.tis_cap is None or s.tis_cap >= 1, "null or a number >= 1")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -331,6 +332,35 @@ class CompactionSection(_Section):
 
 
 @dataclass(frozen=True)
+class VLLMSection(_Section):
+    """How the vLLM engine starts when ``rollout.backend`` is ``vllm`` (``agentrl.vllm_sampler``).
+
+    Attributes:
+        dtype: the engine's weights and activations: ``float32``, ``bfloat16``, ``float16`` or ``auto``.
+        gpu_memory_utilization: the fraction of GPU memory the engine may take, in (0, 1]; ignored on a CPU.
+        max_model_len: the longest request (a window plus its response); null: the model's own limit.
+            At least ``rollout.context_budget``.
+        enable_prefix_caching: reuse the KV cache of the turns a request shares with an earlier one.
+        enforce_eager: no CUDA graphs (a faster start, a slower decode).
+        cpu_kvcache_gib: on a CPU, the KV cache in GiB (vLLM's ``VLLM_CPU_KVCACHE_SPACE``), >= 1.
+    """
+
+    SECTION: ClassVar[str] = "rollout.vllm"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    gpu_memory_utilization: float = 0.5
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = True
+    cpu_kvcache_gib: int = 2
+
+    def _validate(self) -> None:
+        self._check("gpu_memory_utilization", 0 < self.gpu_memory_utilization <= 1, "a number in (0, 1]")
+        ok = self.max_model_len is None or self.max_model_len >= 2
+        self._check("max_model_len", ok, "null or an int >= 2")
+        self._check("cpu_kvcache_gib", self.cpu_kvcache_gib >= 1, "an int >= 1")
+
+
+@dataclass(frozen=True)
 class RolloutSection(_Section):
     """What one iteration samples, and the runner's budgets (``agentrl.runner``, docs/runner.md).
 
@@ -349,6 +379,9 @@ class RolloutSection(_Section):
         tool_error_penalty: reward subtracted per failed tool call, on the turn that made it (a shaping
             term: the episode's reward includes it, its success does not); >= 0, 0 = off.
         compaction: the compaction strategy and its settings.
+        backend: the sampler: ``torch`` (the policy itself, in this process) or ``vllm`` (a vLLM engine
+            that receives the policy's weights after every update; needs vLLM installed).
+        vllm: the vLLM engine's settings (used with ``backend: vllm``).
     """
 
     SECTION: ClassVar[str] = "rollout"
@@ -364,11 +397,17 @@ class RolloutSection(_Section):
     max_concurrent: int = 64
     tool_error_penalty: float = 0.0
     compaction: CompactionSection = field(default_factory=CompactionSection)
+    backend: Literal["torch", "vllm"] = "torch"
+    vllm: VLLMSection = field(default_factory=VLLMSection)
 
     def _validate(self) -> None:
         self._check("tasks_per_iteration", self.tasks_per_iteration >= 1, "an int >= 1")
         self._check("group_size", self.group_size >= 1, "an int >= 1")
         _checked(self.SECTION, self.to_runner_config)  # the runner's own budget rules, one source
+        longest = self.vllm.max_model_len
+        if self.backend == "vllm" and longest is not None and longest < self.context_budget:
+            raise ConfigError(f"rollout.vllm.max_model_len: expected at least rollout.context_budget "
+                              f"({self.context_budget}), got {longest}")
 
     @property
     def episodes_per_iteration(self) -> int:
@@ -433,6 +472,9 @@ class PPOSection(_Section):
         train_summaries: train the summaries the policy writes at a ``policy`` compaction with the
             episode's credit (true), or take them out of the loss (false; GAE skips them like
             observation tokens), for the ablation of what a trained summary adds.
+        tis_cap: truncated importance sampling of a sampler/learner mismatch: the learner recomputes
+            the old log-probs, uses them in the ratio, and weights each token by
+            ``min(pi_old / mu_sampler, tis_cap)`` (docs/algorithms.md); null: off. >= 1.
     """
 
     SECTION: ClassVar[str] = "ppo"
@@ -460,6 +502,7 @@ class PPOSection(_Section):
     aggregation: Aggregation = "token-mean"
     horizon: int | None = None
     train_summaries: bool = True
+    tis_cap: float | None = None
 
     def _validate(self) -> None:
         self._check("gamma", 0 <= self.gamma <= 1, "a number in [0, 1]")
@@ -501,6 +544,9 @@ class GRPOSection(_Section):
         train_summaries: train the summaries the policy writes at a ``policy`` compaction with the
             episode's credit (true), or take them out of the loss (false; GAE skips them like
             observation tokens), for the ablation of what a trained summary adds.
+        tis_cap: truncated importance sampling of a sampler/learner mismatch: the learner recomputes
+            the old log-probs, uses them in the ratio, and weights each token by
+            ``min(pi_old / mu_sampler, tis_cap)`` (docs/algorithms.md); null: off. >= 1.
     """
 
     SECTION: ClassVar[str] = "grpo"
@@ -517,6 +563,7 @@ class GRPOSection(_Section):
     aggregation: Aggregation = "token-mean"
     horizon: int | None = None
     train_summaries: bool = True
+    tis_cap: float | None = None
 
     def _validate(self) -> None:
         self._check("eps", self.eps > 0, "a number > 0")

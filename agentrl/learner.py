@@ -86,7 +86,8 @@ from agentrl.batch import (
 from agentrl.config import OptimSection, TrainConfig
 from agentrl.critic import SharedValueHead
 from agentrl.diagnostics import explained_variance
-from agentrl.losses import aggregate, kl, policy_loss, value_loss
+from agentrl.losses import aggregate, kl, policy_loss, tis_weights, value_loss
+from agentrl.metrics import ROLLOUT_LOGPROB_MISMATCH_MAX, ROLLOUT_LOGPROB_MISMATCH_MEAN
 from agentrl.types import Episode
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,7 @@ class Learner:
         )
         self.generator = torch.Generator().manual_seed(seed)
         self.pretrain_steps_done = 0
+        self.mismatch: dict[str, float] = {}  # the last prepare's sampler/learner log-prob gap
         self.skipped_updates = 0  # over the whole run; the metrics give each call's
 
     # ------------------------------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class Learner:
         if not episodes:
             raise ValueError("episodes: expected at least one episode")
         rows = rows_from_episodes(episodes, train_summaries=self.cfg.algorithm_section.train_summaries)
+        rows = self._recompute_old_logprobs(rows)
         if self.reference is not None:
             ref = evaluate_logprobs(self.reference, rows, temperature=self.temperature,
                                     **self._eval_kwargs(self.cfg.optim.shared_prefix))
@@ -229,6 +232,28 @@ class Learner:
         if self.cfg.algorithm == "ppo":
             return self._prepare_ppo(episodes, rows)
         return self._prepare_grpo(episodes, rows)
+
+    def _recompute_old_logprobs(self, rows: list[Row]) -> list[Row]:
+        """With a rollout engine of its own (``rollout.backend: vllm``) or ``tis_cap`` set: recompute the
+        sampled tokens' log-probs with the learner (one no-grad pass), measure the mismatch
+        (``self.mismatch``: ``rollout/logprob_mismatch_mean`` and ``_max`` over policy tokens), and with
+        ``tis_cap`` put the recomputed ones in the ratio and the truncated IS weights on the rows."""
+        cap = self.cfg.algorithm_section.tis_cap
+        self.mismatch = {}
+        if self.cfg.rollout.backend == "torch" and cap is None:
+            return rows
+        learner = evaluate_logprobs(self.policy, rows, temperature=self.temperature,
+                                    **self._eval_kwargs(self.cfg.optim.shared_prefix))
+        pairs = zip(rows, learner, strict=True)
+        gaps = torch.cat([(lp - r.old_logprobs.to(lp))[r.loss_mask].abs() for r, lp in pairs])
+        if gaps.numel():
+            self.mismatch = {ROLLOUT_LOGPROB_MISMATCH_MEAN: float(gaps.double().mean()),
+                             ROLLOUT_LOGPROB_MISMATCH_MAX: float(gaps.max())}
+        if cap is None:
+            return rows
+        weights = [tis_weights(lp[None], r.old_logprobs[None].to(lp), r.loss_mask[None], cap=cap)[0]
+                   for r, lp in zip(rows, learner, strict=True)]
+        return set_fields(rows, old_logprobs=learner, tis_weights=weights)
 
     def _eval_kwargs(self, shared_prefix: int) -> dict[str, Any]:
         return {"max_tokens": self.cfg.optim.micro_batch_tokens, "pad_id": self.pad_id, "device": self.device,
@@ -439,6 +464,8 @@ class Learner:
                 out.logprobs, batch.old_logprobs, batch.advantages, batch.loss_mask,
                 clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
             )
+            if batch.tis_weights is not None:  # truncated IS of the sampler/learner mismatch
+                per_token = per_token * batch.tis_weights
             tokens = batch.num_policy_tokens
             if self._kl_in_loss():
                 mask = batch.loss_mask

@@ -275,6 +275,39 @@ def kl(
     return out
 
 
+def tis_weights(
+    logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, mask: torch.Tensor, *, cap: float
+) -> torch.Tensor:
+    """Truncated importance-sampling weights for a sampler/learner mismatch: ``min(pi / mu, cap)``.
+
+    The sampler's log-probs ``behaviour_logprobs`` (mu: what the rollout engine actually sampled from,
+    e.g. vLLM in bfloat16) and the learner's recomputed ``logprobs`` (pi_old: the same weights in the
+    learner's kernels) differ; the policy loss uses pi_old as its ratio's denominator and weights each
+    token's surrogate by ``w = min(exp(log pi_old - log mu), cap)``, the truncated importance sampling of
+    Espeholt et al. 2018 (IMPALA's truncated rho) as applied to rollout/training mismatch by Yao et al.
+    2025 ("Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"). The log ratio is
+    clamped to [-20, 20] first; the weights carry no gradient.
+
+    Args:
+        logprobs: (B, T) the learner's log-probs of the sampled tokens under the sampling weights.
+        behaviour_logprobs: (B, T) the sampler's recorded log-probs.
+        mask: (B, T) 1 at policy tokens.
+        cap: the truncation C >= 1.
+
+    Returns:
+        (B, T) weights in (0, cap], 0 at mask-0 positions.
+    """
+    m = _bool_mask(mask)
+    _check_float_2d("logprobs", logprobs, m.shape)
+    _check_float_2d("behaviour_logprobs", behaviour_logprobs, m.shape)
+    if isinstance(cap, bool) or not isinstance(cap, int | float) or not cap >= 1.0:
+        raise ValueError(f"cap: expected a number >= 1, got {cap!r}")
+    zero = torch.zeros_like(logprobs)
+    d = torch.where(m, logprobs.detach() - behaviour_logprobs.detach(), zero)
+    w = torch.exp(d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).clamp(max=cap)
+    return torch.where(m, w, zero)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Aggregation.
 

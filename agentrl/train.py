@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentrl.backends import make_sampler
 from agentrl.chat import ChatFormat
 from agentrl.checkpoint import (
     capture_rng,
@@ -59,6 +60,7 @@ from agentrl.diagnostics import credit_metrics
 from agentrl.episodes import save_episodes
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
+    PERF_WEIGHT_SYNC_S,
     ROLLOUT_ENV_STEPS,
     ROLLOUT_EPISODES,
     ROLLOUT_TURNS_MEAN,
@@ -70,8 +72,8 @@ from agentrl.metrics import (
 )
 from agentrl.models import init_model, load_model
 from agentrl.registry import make
-from agentrl.rollout import TorchSampler
 from agentrl.runner import Runner, Task
+from agentrl.weight_sync import push_weights
 
 CONFIG_FILE = "config.yaml"
 INITIAL_MODEL_DIR = "initial_model"
@@ -198,7 +200,9 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
         restore_rng(state.rng)
         iteration = state.iteration
     chat = ChatFormat(tokenizer)
-    runner = Runner(TorchSampler(policy), chat, cfg.to_runner_config())
+    weights = checkpoint / "policy" if checkpoint else initial  # the policy's weights on disk, for an engine
+    sampler = make_sampler(cfg.rollout, policy, weights, seed=cfg.run.seed)
+    runner = Runner(sampler, chat, cfg.to_runner_config())
     logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
                            resume_from_iteration=iteration if resume else None)
     # the logger kept the records up to the checkpoint: they hold the environment steps so far
@@ -226,7 +230,7 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
 
     with timer.phase("advantages"):
         rows = t.learner.prepare(episodes)
-        metrics |= batch_metrics(rows) | credit_metrics(rows, episodes)
+        metrics |= batch_metrics(rows) | credit_metrics(rows, episodes) | t.learner.mismatch
 
     updates: list[dict[str, float]] = []
     match cfg.algorithm:
@@ -238,9 +242,11 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
                 updates.append(t.learner.update_critic(rows))
             with timer.phase("policy"):
                 updates.append(t.learner.update_policy(rows))
+            metrics |= _sync(t)
         case "grpo":
             with timer.phase("policy"):
                 updates.append(t.learner.update_policy(rows))
+            metrics |= _sync(t)
     skipped = 0.0
     for update in updates:
         skipped += update.pop("skipped_updates", 0.0)
@@ -252,6 +258,12 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
                   token_fields={"advantages": advantages})
     memory = peak_memory_mb(next(t.policy.parameters()).device)
     return metrics | timer.metrics() | {"perf/peak_memory_mb": memory}
+
+
+def _sync(t: Trainer) -> dict[str, float]:
+    """Give the sampler the updated policy's weights (a vLLM engine keeps its own copy)."""
+    seconds = push_weights(t.runner.sampler, t.policy)
+    return {} if seconds is None else {PERF_WEIGHT_SYNC_S: seconds}
 
 
 def _per_episode(values: list[Any], episodes: list[Any]) -> list[list[list[float]]]:

@@ -27,6 +27,7 @@ from agentrl.config import (
     Strategy,
     TrainConfig,
     Truncation,
+    VLLMSection,
     config_to_dict,
     dump_config,
     load_config,
@@ -273,6 +274,16 @@ RULES = [
      "rollout.tool_error_penalty: expected a finite number >= 0, got -0.1"),
     ("rollout.compaction.strategy=summary", "rollout.compaction.strategy: expected one of 'policy', "),
     ("rollout.compaction.keep_last_turns=-1", "rollout.compaction.keep_last_turns: expected an int >= 0"),
+    ("rollout.backend=jax", "rollout.backend: expected one of 'torch', 'vllm', got 'jax'"),
+    ("rollout.vllm.dtype=int8", "rollout.vllm.dtype: expected one of 'float32', 'bfloat16'"),
+    ("rollout.vllm.gpu_memory_utilization=1.5",
+     "rollout.vllm.gpu_memory_utilization: expected a number in (0, 1]"),
+    ("rollout.vllm.max_model_len=1", "rollout.vllm.max_model_len: expected null or an int >= 2, got 1"),
+    ("rollout.vllm.enable_prefix_caching=3", "rollout.vllm.enable_prefix_caching: expected true or false"),
+    ("rollout.vllm.enforce_eager=sometimes", "rollout.vllm.enforce_eager: expected true or false"),
+    ("rollout.vllm.cpu_kvcache_gib=0", "rollout.vllm.cpu_kvcache_gib: expected an int >= 1, got 0"),
+    (["rollout.backend=vllm", "rollout.vllm.max_model_len=512"],
+     "rollout.vllm.max_model_len: expected at least rollout.context_budget (1024), got 512"),
     ("rollout.compaction.max_summary_tokens=0",
      "rollout.compaction.max_summary_tokens: expected an int >= 1"),
     ("rollout.compaction.max_summary_tokens=2000",
@@ -311,6 +322,8 @@ RULES = [
     ("grpo.eps=0", "grpo.eps: expected a number > 0, got 0.0"),
     ("grpo.scale_by_std=maybe", "grpo.scale_by_std: expected true or false, got 'maybe'"),
     ("grpo.train_summaries=2", "grpo.train_summaries: expected true or false"),
+    ("grpo.tis_cap=0.5", "grpo.tis_cap: expected null or a number >= 1, got 0.5"),
+    ("ppo.tis_cap=0", "ppo.tis_cap: expected null or a number >= 1, got 0.0"),
     ("ppo.train_summaries=no thanks", "ppo.train_summaries: expected true or false"),
     ("grpo.epochs=0", "grpo.epochs: expected an int >= 1, got 0"),
     ("grpo.minibatches=0", "grpo.minibatches: expected an int >= 1, got 0"),
@@ -355,9 +368,10 @@ def test_every_field_has_a_rule_or_cannot_be_wrong() -> None:
     tested = {(r if isinstance(r, str) else r[-1]).split(":")[0] for _, r in RULES}
     for section, path in ((RunSection, "run"), (ModelSection, "model"), (EnvSection, "env"),
                           (RolloutSection, "rollout"), (CompactionSection, "rollout.compaction"),
+                          (VLLMSection, "rollout.vllm"),
                           (PPOSection, "ppo"), (GRPOSection, "grpo"), (OptimSection, "optim")):
         for f in dataclasses.fields(section):
-            if f.name != "compaction":
+            if f.name not in ("compaction", "vllm"):
                 assert f"{path}.{f.name}" in tested, f"{path}.{f.name} has no validation case"
 
 

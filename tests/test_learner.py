@@ -571,3 +571,34 @@ def test_train_summaries_false_takes_the_summaries_out_of_the_loss(policy, algor
         assert torch.all(b.advantages[~b.loss_mask] == 0)
     dropped = sum(r.num_policy_tokens for r in trained) - sum(r.num_policy_tokens for r in masked)
     assert dropped == summary_tokens
+
+
+# ----------------------------------------------------------------------------------------------------
+# A sampler/learner mismatch: measured, and corrected by truncated importance sampling.
+
+
+def test_tis_recomputes_old_logprobs_and_weights_each_token(policy):
+    # The recorded (behaviour) log-probs are the policy's own minus 0.3 on every policy token, as a
+    # sampler in another precision might record them: pi_old / mu = e^0.3 = 1.35, capped at 1.2.
+    episodes = []
+    for e in _episodes(policy):
+        def shift(lps):
+            return tuple(lp if lp is None else lp - 0.3 for lp in lps)
+
+        subs = tuple(dataclasses.replace(st, logprobs=shift(st.logprobs)) for st in e.sub_traces)
+        episodes.append(dataclasses.replace(e, sub_traces=subs))
+    learner = Learner(_cfg("grpo", kl_beta=0.0, tis_cap=1.2), policy)
+    rows = learner.prepare(episodes)
+    own = rows_from_episodes(_episodes(policy))  # the policy's own log-probs, as recorded unperturbed
+    for row, mine in zip(rows, own, strict=True):
+        m = row.loss_mask
+        torch.testing.assert_close(row.old_logprobs[m], mine.old_logprobs[m], atol=1e-5, rtol=0)
+        torch.testing.assert_close(row.tis_weights[m], torch.full_like(row.tis_weights[m], 1.2))
+        assert torch.all(row.tis_weights[~m] == 0)
+    assert learner.mismatch["rollout/logprob_mismatch_mean"] == pytest.approx(0.3, abs=1e-4)
+    assert learner.mismatch["rollout/logprob_mismatch_max"] == pytest.approx(0.3, abs=1e-4)
+    assert learner.step(episodes)["skipped_updates"] == 0
+    # Off (the torch backend, no cap): nothing is recomputed and the recorded log-probs stay.
+    plain = Learner(_cfg("grpo", kl_beta=0.0), policy)
+    rows = plain.prepare(episodes)
+    assert plain.mismatch == {} and all(r.tis_weights is None for r in rows)

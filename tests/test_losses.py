@@ -14,6 +14,7 @@ from agentrl.losses import (
     kl,
     logprobs_and_entropy,
     policy_loss,
+    tis_weights,
     token_logprobs,
     value_loss,
 )
@@ -419,3 +420,13 @@ def test_logits_bad_input_names_argument(kwargs, name):
     args = {"logits": torch.zeros(1, 2, 3), "token_ids": torch.zeros(1, 2, dtype=torch.long)} | kwargs
     with pytest.raises(ValueError, match=rf"^{name}:"):
         logprobs_and_entropy(**args)
+
+
+def test_tis_weights_hand_computed():
+    # log pi_old - log mu = 0.5 -> e^0.5 = 1.6487, capped at 1.5; -1 -> e^-1 = 0.3679; mask 0 -> 0.
+    learner = torch.tensor([[-1.0, -2.0, -3.0]])
+    behaviour = torch.tensor([[-1.5, -1.0, NAN]])
+    w = tis_weights(learner, behaviour, torch.tensor([[1, 1, 0]]), cap=1.5)
+    torch.testing.assert_close(w, torch.tensor([[1.5, math.exp(-1.0), 0.0]]))
+    with pytest.raises(ValueError, match="cap"):
+        tis_weights(learner, behaviour, torch.ones(1, 3), cap=0.5)
