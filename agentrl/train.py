@@ -257,7 +257,8 @@ def _token_fields(rows: list[Any], episodes: list[Any]) -> dict[str, list[list[l
     values at sampling time) and ``returns`` for PPO; ``ref_logprobs`` when a reference is loaded. A
     field the rows do not carry is left out rather than written as zeros."""
     fields = {"advantages": _per_episode([row.advantages for row in rows], episodes)}
-    for name, attribute in (("values", "old_values"), ("returns", "returns"), ("ref_logprobs", "ref_logprobs")):
+    written = (("values", "old_values"), ("returns", "returns"), ("ref_logprobs", "ref_logprobs"))
+    for name, attribute in written:
         per_row = [getattr(row, attribute) for row in rows]
         if all(v is not None for v in per_row):
             fields[name] = _per_episode(per_row, episodes)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from agentrl.cli import main
-from agentrl.compaction import SUMMARY_HEADER
-from agentrl.viewer.data import messages, open_source
+from agentrl.compaction import SUMMARY_HEADER, SUMMARY_REQUEST
+from agentrl.viewer.data import fast_summary, messages, open_source, summary
 from agentrl.viewer.server import make_server, serve_in_thread, url_of
 
 CHROMIUM = os.environ.get("AGENTRL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -66,7 +66,7 @@ def _with_compaction(compare_dir: Path, arm: str = "ppo") -> tuple[int, dict[str
     pytest.fail(f"the {arm} run has no episode with a compaction")
 
 
-# ---- the data module and the command line -----------------------------------------------------------------
+# ---- the data module and the command line ---------------------------------------------------------------
 
 
 def test_index_lists_every_episode_and_reads_each_from_its_offset(compare_dir: Path) -> None:
@@ -83,6 +83,16 @@ def test_index_lists_every_episode_and_reads_each_from_its_offset(compare_dir: P
         # the tokens' texts, joined, are the window's text the run wrote
         assert ["".join(s["text"]) for s in view["sub_traces"]] == [s["text"] for s in record["sub_traces"]]
     assert any(e["sub_traces"] > 1 for e in index["episodes"])
+
+
+def test_the_index_counts_lists_without_parsing_them_and_agrees_with_a_full_parse(compare_dir: Path) -> None:
+    lines = (compare_dir / "ppo" / "seed_0" / "episodes" / "iter_000001.jsonl").read_bytes().splitlines()
+    for raw in lines:
+        assert fast_summary(raw) == summary(json.loads(raw))
+    record = json.loads(lines[0])
+    reordered = json.dumps({"sub_traces": record.pop("sub_traces"), **record}).encode()
+    assert fast_summary(reordered) is None  # another layout: parsed whole instead
+    assert fast_summary(lines[0][: len(lines[0]) // 2]) is None  # cut short
 
 
 def test_fields_the_runs_wrote_are_offered_for_colouring(compare_dir: Path) -> None:
@@ -125,6 +135,15 @@ def test_message_kinds_on_a_hand_made_window() -> None:
     got = [(m["kind"], m["start"], m["end"]) for m in messages(texts, mask)]
     assert got == [("system", 0, 3), ("task", 3, 6), ("action", 6, 11), ("tool_result", 11, 14),
                    ("action", 14, 18)]
+    # a window that asks for a summary, and the next one, opened by it with a kept turn
+    texts = texts[:6] + ["<|im_start|>", f"user\n{SUMMARY_REQUEST}", "<|im_end|>\n", "<|im_start|>",
+                         "assistant\n", "the key is east", "<|im_end|>"]
+    mask = [0] * 11 + [1, 1]
+    kinds = [m["kind"] for m in messages(texts, mask)]
+    assert kinds == ["system", "task", "summary_request", "policy_summary"]
+    texts = texts[:6] + ["<|im_start|>", f"user\n{SUMMARY_HEADER}\nthe key is east", "<|im_end|>\n",
+                         "<|im_start|>", "assistant\n", "old action", "<|im_end|>\n"]
+    assert [m["kind"] for m in messages(texts, [0] * len(texts))] == ["system", "task", "summary", "context"]
 
 
 def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -194,7 +213,7 @@ def test_server_answers_index_and_one_episode_per_request(compare_dir: Path) -> 
         server.server_close()
 
 
-# ---- in a real browser ---------------------------------------------------------------------------------------
+# ---- in a real browser ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +327,8 @@ def test_filters_and_the_two_arms_side_by_side(compare_dir: Path, served: str, p
     episode_id, record = _with_compaction(compare_dir)
     _open(page, served + f"#episode={episode_id}")
     page.select_option("#f-subs", "1")
-    expected = sum(len(r["sub_traces"]) == 1 for arm in ("grpo", "ppo") for r in _lines(compare_dir / arm / "seed_0"))
+    records = [r for arm in ("grpo", "ppo") for r in _lines(compare_dir / arm / "seed_0")]
+    expected = sum(len(r["sub_traces"]) == 1 for r in records)
     assert page.get_attribute("#episode-count", "data-count") == str(expected)
     page.select_option("#f-subs", "")
     page.select_option("#compare-arm", "grpo")

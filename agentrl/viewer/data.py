@@ -77,9 +77,10 @@ class Source:
                                          "seed": run.seed, "iteration": iteration, "line": number,
                                          "file": str(path.relative_to(self.root))}
                 try:
-                    entry |= summary(json.loads(raw))
+                    entry |= fast_summary(raw) or summary(json.loads(raw))
                 except (ValueError, KeyError, TypeError) as e:
-                    entry["error"] = f"{entry['file']}:{number}: not an episode record ({type(e).__name__}: {e})"
+                    why = f"{type(e).__name__}: {e}"
+                    entry["error"] = f"{entry['file']}:{number}: not an episode record ({why})"
                 self.entries.append(entry)
                 self._locations.append((path, start, len(raw)))
 
@@ -193,6 +194,40 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+SUB_TRACES = b', "sub_traces": ['
+LISTS = {name: b'"' + name.encode() + b'": [' for name in ("token_ids", "loss_mask", "rewards")}
+
+
+def fast_summary(raw: bytes) -> dict[str, Any] | None:
+    """``summary`` of a line as ``save_episodes`` writes it (``sub_traces`` last, ``json.dumps``'
+    separators) without parsing its token lists: the head is parsed, the lists are counted. None when the
+    line has another layout or is cut short, so the caller parses it whole (and names its error)."""
+    cut = raw.find(SUB_TRACES)
+    if cut < 0 or not raw.rstrip().endswith(b"}]}"):
+        return None
+    head = json.loads(raw[:cut] + b"}")
+    subs = [_list_span(raw, name, cut) for name in LISTS]
+    if not subs[0] or not len(subs[0]) == len(subs[1]) == len(subs[2]):
+        return None
+    tokens = sum(raw.count(b",", a, b) + 1 for a, b in subs[0])
+    ones = sum(raw.count(b"1", a, b) for a, b in subs[1])
+    reward = sum(sum(json.loads(raw[a - 1 : b + 1])) for a, b in subs[2])
+    record = head | {"sub_traces": [{"rewards": [reward], "token_ids": [], "loss_mask": []}]}
+    return summary(record) | {"sub_traces": len(subs[0]), "tokens": tokens, "policy_tokens": ones}
+
+
+def _list_span(raw: bytes, name: str, start: int) -> list[tuple[int, int]]:
+    """(first, end) byte offsets of the inside of every ``"name": [...]`` list after ``start``."""
+    key, out = LISTS[name], []
+    at = raw.find(key, start)
+    while at >= 0:
+        first = at + len(key)
+        end = raw.find(b"]", first)
+        out.append((first, end))
+        at = raw.find(key, end)
+    return out
+
+
 def token_fields(sub: dict[str, Any]) -> dict[str, list[float | None]]:
     """The per-token numeric fields of one sub-trace record, plus ``log_ratio`` (policy minus reference
     log-prob at policy tokens) when ``ref_logprobs`` were written."""
@@ -282,9 +317,10 @@ def token_decoder(run_dir: Path, root: Path) -> Callable[[int], str] | None:
 
 
 def summary_request(run_dir: Path) -> str:
-    """The run's ``rollout.compaction.summary_request`` (its config.yaml), else the default."""
+    """The run's ``rollout.compaction.summary_request`` (its config.yaml), else (unset, null) the default."""
     try:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        return str(cfg["rollout"]["compaction"]["summary_request"])
+        request = cfg["rollout"]["compaction"]["summary_request"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return SUMMARY_REQUEST
+    return request if isinstance(request, str) and request.strip() else SUMMARY_REQUEST

@@ -159,12 +159,15 @@ function turnsOf(data, field) {
 }
 
 function chartSvg(turns, scale, paneId) {
+  // bar heights on the turns' own range (a turn's mean is smaller than its largest token); colours on
+  // the tokens' scale, as in the legend
   const w = 600, h = 90, mid = h / 2, n = Math.max(turns.length, 1), bw = w / n;
+  const height = Math.max(0, ...turns.map((t) => (t.mean === null ? 0 : Math.abs(t.mean))));
   let bars = "", lastK = 0;
   turns.forEach((t, j) => {
     if (t.k !== lastK) { bars += `<line x1="${j * bw}" x2="${j * bw}" y1="0" y2="${h}" stroke="#ffb300" stroke-dasharray="3,2"/>`; lastK = t.k; }
     if (t.mean === null) return;
-    const size = scale > 0 ? Math.abs(t.mean) / scale * (mid - 4) : 0;
+    const size = height > 0 ? Math.abs(t.mean) / height * (mid - 4) : 0;
     const y = t.mean >= 0 ? mid - size : mid;
     bars += `<rect class="turn-bar" data-k="${t.k}" data-start="${t.start}" x="${j * bw + 1}" y="${y}" width="${Math.max(bw - 2, 1)}" height="${Math.max(size, 0.5)}" ` +
       `fill="${colour(t.mean, scale)}" stroke="#555" stroke-width="0.3"><title>turn ${j + 1} (window ${t.k + 1}): mean ${fmt(t.mean)}</title></rect>`;
