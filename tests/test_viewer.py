@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -213,6 +217,30 @@ def test_server_answers_index_and_one_episode_per_request(compare_dir: Path) -> 
         server.server_close()
 
 
+def test_the_command_serves_on_127_0_0_1_and_prints_the_url(compare_dir: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "agentrl.cli", "view", str(compare_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert url is not None and int(url.group(1)) > 0, line
+        assert line.startswith("serving 8 episodes of ")
+        index = json.load(urllib.request.urlopen(url.group(0) + "api/index", timeout=30))
+        assert len(index["episodes"]) == 8
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_port_in_use_is_one_line(compare_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _error_line(capsys, ["view", str(compare_dir), "--port", str(port)])
+    assert "cannot listen on 127.0.0.1" in line
+
+
 # ---- in a real browser ----------------------------------------------------------------------------------
 
 
@@ -294,7 +322,10 @@ def _check_tokens(page: Any, sub: dict[str, Any], k: int, field: str, pane: str 
 @pytest.mark.browser
 def test_page_shows_counts_colours_hover_and_the_summary(compare_dir: Path, served: str, page: Any) -> None:
     episode_id, record = _with_compaction(compare_dir)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url.removeprefix(served)))
     _open(page, served + f"#episode={episode_id}")
+    assert asked == ["", "api/index", f"api/episode?id={episode_id}"]  # one episode, when it is opened
     assert page.get_attribute("#episode-count", "data-count") == "8"
     assert page.locator("#episode-list tbody tr").count() == 8
     n = len(record["sub_traces"])
