@@ -277,7 +277,8 @@ async function renderCurrent() {
   const data = await loadEpisode(state.current);
   const names = fieldsOf(data);
   if (names.length && !names.includes(state.field)) state.field = names.includes("advantages") ? "advantages" : names[0];
-  $("field").innerHTML = names.map((n) => `<option value="${n}"${n === state.field ? " selected" : ""}>${n}</option>`).join("");
+  $("field").innerHTML = names.map((n) =>
+    `<option value="${escapeHtml(n)}"${n === state.field ? " selected" : ""}>${escapeHtml(n)}</option>`).join("");
   await renderPane($("pane-a"), state.current, state.field);
   const b = $("pane-b");
   b.hidden = !state.compareArm;
@@ -308,7 +309,7 @@ function setUpTooltip() {
     const data = await loadEpisode(Number(pane.dataset.id));
     const k = Number(tok.dataset.k), i = Number(tok.dataset.i), sub = data.sub_traces[k];
     const rows = Object.entries(sub.fields).map(([name, values]) =>
-      `<tr data-field="${name}"><td>${name}</td><td>${fmt(values[i])}</td></tr>`).join("");
+      `<tr data-field="${escapeHtml(name)}"><td>${escapeHtml(name)}</td><td>${fmt(values[i])}</td></tr>`).join("");
     tip.innerHTML = `<div>sub-trace ${k + 1}, token ${i} · id <b class="tip-id">${sub.ids[i]}</b></div>` +
       `<div>text <b class="tip-text">${escapeHtml(JSON.stringify(sub.text[i]))}</b></div>` +
       `<div>${sub.mask[i] ? "policy token (trained)" : "prompt/observation (not trained)"}</div><table>${rows}</table>`;
