@@ -147,6 +147,39 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from agentrl.viewer.data import open_source
+    from agentrl.viewer.server import export, make_server, url_of
+
+    source = open_source(args.run_dir)
+    if args.export is not None:
+        path, count = export(source, args.export, max_episodes=args.max_episodes)
+        print(f"wrote {path} ({count} episodes; opens with no server or network)")
+        return 0
+    server = make_server(source, host=args.host, port=args.port)
+    print(f"serving {len(source.index()['episodes'])} episodes of {args.run_dir} at {url_of(server)} "
+          "(Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _add_view_parser(commands: argparse._SubParsersAction) -> None:
+    view = commands.add_parser("view", help="look at a run's episodes, token by token, in a web page")
+    view.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or an agentrl compare output")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    view.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    view.add_argument("--export", metavar="FILE.html",
+                      help="write one self-contained page instead of serving (opens with the network off)")
+    view.add_argument("--max-episodes", type=int, default=200,
+                      help="with --export: the first N episodes of the run go in the page")
+    view.set_defaults(func=_cmd_view)
+
+
 def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
     # The defaults are agentrl.sft's DEFAULT_* (a test checks it), written out so --help imports no torch.
     sft = commands.add_parser("sft", help="fine-tune a model on an environment's expert episodes")
@@ -247,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--quiet", action="store_true", help="no per-iteration progress line")
     cmp.set_defaults(func=_cmd_compare)
     _add_sft_parser(commands)
+    _add_view_parser(commands)
     return parser
 
 

@@ -253,9 +253,8 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
         metrics |= update
     metrics["skipped_updates"] = skipped
 
-    advantages = _per_episode([row.advantages for row in rows], episodes)
     save_episodes(t.run_dir / EPISODES_DIR / f"iter_{iteration:06d}.jsonl", episodes, decode=t.chat.decode,
-                  token_fields={"advantages": advantages})
+                  token_fields=_token_fields(rows, episodes))
     memory = peak_memory_mb(next(t.policy.parameters()).device)
     return metrics | timer.metrics() | {"perf/peak_memory_mb": memory}
 
@@ -264,6 +263,19 @@ def _sync(t: Trainer) -> dict[str, float]:
     """Give the sampler the updated policy's weights (a vLLM engine keeps its own copy)."""
     seconds = push_weights(t.runner.sampler, t.policy)
     return {} if seconds is None else {PERF_WEIGHT_SYNC_S: seconds}
+
+
+def _token_fields(rows: list[Any], episodes: list[Any]) -> dict[str, list[list[list[float]]]]:
+    """The per-token fields written with the episodes: ``advantages`` always; ``values`` (the critic's
+    values at sampling time) and ``returns`` for PPO; ``ref_logprobs`` when a reference is loaded. A
+    field the rows do not carry is left out rather than written as zeros."""
+    fields = {"advantages": _per_episode([row.advantages for row in rows], episodes)}
+    written = (("values", "old_values"), ("returns", "returns"), ("ref_logprobs", "ref_logprobs"))
+    for name, attribute in written:
+        per_row = [getattr(row, attribute) for row in rows]
+        if all(v is not None for v in per_row):
+            fields[name] = _per_episode(per_row, episodes)
+    return fields
 
 
 def _per_episode(values: list[Any], episodes: list[Any]) -> list[list[list[float]]]:

@@ -51,3 +51,14 @@ def test_grpo_against_trl_prints_its_ratio(capsys) -> None:
     out = capsys.readouterr().out
     assert re.search(r"^ratio agentrl/TRL: \d+\.\d\d$", out, re.MULTILINE)
     assert "agentrl phases" in out and "TRL phases" in out
+
+
+def test_viewer_load_prints_its_ratios(capsys) -> None:
+    import viewer_load
+
+    assert viewer_load.main(["--episodes", "4", "--long-tokens", "4000", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("run: 5 episodes")
+    assert re.search(r"^index: whole-line parse / index = \d+\.\d\dx$", out, re.MULTILINE)
+    page = r"^page: (skipped|\d+-token episode / \d+-token episode = \d+\.\d\dx)"
+    assert re.search(page, out, re.MULTILINE)
