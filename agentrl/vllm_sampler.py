@@ -88,9 +88,13 @@ class VLLMSampler:
         model_dir: a Hugging Face model directory (weights and config; the tokenizer is not read).
         settings: how to start the engine.
         seed: the engine's seed.
+        log_stats: keep the engine's statistics (``llm.get_metrics()``: prefix-cache hits, ...).
     """
 
-    def __init__(self, model_dir: str | Path, settings: VLLMSettings | None = None, *, seed: int = 0) -> None:
+    def __init__(
+        self, model_dir: str | Path, settings: VLLMSettings | None = None, *, seed: int = 0,
+        log_stats: bool = False,
+    ) -> None:
         self.settings = settings or VLLMSettings()
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.cpu_kvcache_gib)  # read at engine start
         vllm = import_vllm()
@@ -101,7 +105,7 @@ class VLLMSampler:
                 model=str(model_dir), skip_tokenizer_init=True, logprobs_mode="processed_logprobs",
                 dtype=s.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
                 enable_prefix_caching=s.enable_prefix_caching, enforce_eager=s.enforce_eager, seed=seed,
-                **extra,
+                disable_log_stats=not log_stats, **extra,
             )
         except Exception as e:  # noqa: BLE001 - any engine failure becomes one line naming the backend
             first = str(e).splitlines()[0] if str(e) else ""
