@@ -38,6 +38,10 @@ def check_output_file(path: str | Path, field: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{field}: {p} is a directory, not a file")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise ValueError(f"{field}: {p} is not writable")
-    check_writable_dir(p.parent, field)
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise ValueError(f"{field}: {p} is not writable")
+        return
+    probe = _existing_ancestor(p, field)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{field}: {probe} is not writable")
