@@ -281,7 +281,8 @@ class EnvSection(_Section):
     """The environment the tasks come from.
 
     Attributes:
-        name: a registered environment (``agentrl envs``) or a ``module:attr`` import path.
+        name: a registered environment (``agentrl envs``) or a ``module:attr`` import path of an
+            environment class (or a function annotated to return one); a config is trusted code.
         options: keyword options for the environment's constructor (``size: small``); the environment
             checks them when it is built.
     """

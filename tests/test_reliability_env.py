@@ -256,3 +256,26 @@ def test_eval_and_train_refuse_os_system(tmp_path: Path, capsys: pytest.CaptureF
                  "--set", "env.name=os:system", "--set", f"env.options={{command: touch {marker}}}"]) == 2
     assert "not an environment class" in capsys.readouterr().err
     assert not marker.exists()
+
+
+# ---- the guards' own checks (agentrl.guards) ------------------------------------------------------
+
+
+def test_the_divergence_guard_names_what_diverged() -> None:
+    import torch
+
+    from agentrl.guards import DivergenceError, check_advantages, check_models
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    check_models([("policy", model)], initial_largest=0.5)  # limit 1000 (the scale is at least 1)
+    for bad in (float("nan"), 1001.0):
+        with torch.no_grad():
+            model.bias[0] = bad
+        with pytest.raises(DivergenceError, match="policy diverged: parameter bias"):
+            check_models([("policy", model)], initial_largest=0.5)
+    check_advantages([torch.tensor([1.0, -3.0]), None])
+    for bad in (float("inf"), 1e10):
+        with pytest.raises(DivergenceError, match="critic's values diverged"):
+            check_advantages([torch.tensor([0.0, bad])])
