@@ -1,7 +1,8 @@
 """The ``agentrl`` command line.
 
 Each subcommand is a small function; imports of heavy modules stay inside them so ``agentrl --help``
-is instant. A usage error prints one line naming what was wrong and exits with code 2.
+is instant. A usage error, a bad config or a refused write prints one line naming what was wrong and
+exits with code 2 (``agentrl.errors``).
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ def _cmd_init_model(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from agentrl.compaction import CompactionConfig
+    from agentrl.outputs import check_output_file
     from agentrl.registry import make
 
     if args.episodes < 1:
         raise ValueError(f"--episodes: expected an int >= 1, got {args.episodes}")
+    check_output_file(args.out, "--out")  # before the evaluation, whose episodes would be lost
     options = dict(_parse_option(o) for o in args.env_option)
     config = _runner_config(args, CompactionConfig(strategy=args.compaction, keep_last_turns=args.keep_last))
     make(args.env, **options)  # an unknown env or option fails here, before the model loads
@@ -288,11 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentrl`` console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from agentrl.errors import EXPECTED, one_line
+
     try:
         return args.func(args)
-    except ValueError as err:
-        first = str(err).strip().splitlines()
-        print(f"agentrl {args.command}: error: {first[0] if first else type(err).__name__}", file=sys.stderr)
+    except EXPECTED as err:  # a bad config or option, or a refused write: one line (agentrl.errors)
+        print(f"agentrl {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -61,6 +61,8 @@ ModelSize = Literal["tiny", "small"]
 _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 T = TypeVar("T")
+# An iteration's tasks are built before the first runs; beyond this many the run would never start.
+MAX_EPISODES_PER_ITERATION = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -237,7 +239,7 @@ class RunSection(_Section):
     def _validate(self) -> None:
         self._check("name", _NAME_RE.fullmatch(self.name) is not None,
                     "letters, digits, '.', '_' or '-' (not starting with '.')")
-        self._check("seed", self.seed >= 0, "an int >= 0")
+        self._check("seed", 0 <= self.seed < 2**32, "an int in [0, 2**32)")  # numpy and torch take 32 bits
         self._check("iterations", self.iterations >= 1, "an int >= 1")
         self._check("checkpoint_every", self.checkpoint_every >= 0, "an int >= 0")
         self._check("run_dir", self.run_dir is None or self.run_dir.strip() != "", "null or a non-empty path")
@@ -283,7 +285,8 @@ class EnvSection(_Section):
     """The environment the tasks come from.
 
     Attributes:
-        name: a registered environment (``agentrl envs``) or a ``module:attr`` import path.
+        name: a registered environment (``agentrl envs``) or a ``module:attr`` import path of an
+            environment class (or a function annotated to return one); a config is trusted code.
         options: keyword options for the environment's constructor (``size: small``); the environment
             checks them when it is built.
     """
@@ -403,6 +406,9 @@ class RolloutSection(_Section):
     def _validate(self) -> None:
         self._check("tasks_per_iteration", self.tasks_per_iteration >= 1, "an int >= 1")
         self._check("group_size", self.group_size >= 1, "an int >= 1")
+        # every episode of an iteration is a task in memory before the first one runs
+        self._check("tasks_per_iteration", self.episodes_per_iteration <= MAX_EPISODES_PER_ITERATION,
+                    f"at most {MAX_EPISODES_PER_ITERATION:,} episodes per iteration (times group_size)")
         _checked(self.SECTION, self.to_runner_config)  # the runner's own budget rules, one source
         longest = self.vllm.max_model_len
         if self.backend == "vllm" and longest is not None and longest < self.context_budget:

@@ -50,6 +50,7 @@ MODEL_INFO_FILE = "agentrl_model.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 MAX_POSITIONS = 32768
 CORPUS_ENVS = ("arithmetic", "graph_nav", "ledger")  # the default tokenizer's corpus (see build_corpus)
+MAX_VOCAB_SIZE = 1_048_576  # 2**20; the largest real tokenizers have about 256k tokens
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048) -> PreTrain
     reserved = len(SPECIAL_TOKENS) + len(TAG_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size <= reserved:
         raise ValueError(f"vocab_size: must exceed the {reserved} reserved and byte tokens, got {vocab_size}")
+    if vocab_size > MAX_VOCAB_SIZE:  # the tokenizer library aborts the whole process on sizes near 2**32
+        raise ValueError(f"vocab_size: expected at most {MAX_VOCAB_SIZE:,}, got {vocab_size:,}")
     chat_tokens = [*SPECIAL_TOKENS, *TAG_TOKENS]
     splitter = re.compile("|".join(re.escape(t) for t in chat_tokens))
     pieces = [piece for text in texts for piece in splitter.split(text) if piece]
@@ -293,7 +296,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(p)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - truncated safetensors, refused pickles, ...: all one line
         raise ModelLoadError(f"model directory {p}: failed to load ({_one_line(err)})") from err
     if len(tokenizer) > config.vocab_size:
         raise ModelLoadError(

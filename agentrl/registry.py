@@ -5,7 +5,11 @@ description. Packages add environments through the ``agentrl.envs`` entry-point 
 names a function that calls ``register`` on the registry it is given (or on the default one). Entry points
 load lazily, on the first lookup, and every process loads the same ones, so a rollout worker started
 elsewhere sees the same names without anything being handed to it. A name can also be a ``module:attr``
-import path, for an environment that was never registered.
+import path, for an environment that was never registered: that attribute must be an environment class
+(with ``reset``, ``step``, ``expert_action`` and ``state_digest``) or a function whose return annotation
+is one, checked before anything is called, so a config's ``env.name`` cannot run an arbitrary callable
+(``os:system``) with its options. Importing the module still runs its top-level code: a config, and a
+run directory's ``config.yaml`` that ``--resume`` reads, are trusted input (docs/reliability.md).
 
 The module-level ``register``, ``make`` and ``list_envs`` use one default ``Registry``; code that wants
 its own set of names makes its own ``Registry``. This module imports no torch.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -85,9 +90,15 @@ class Registry:
         if isinstance(name, str) and ":" in name:
             module, _, attr = name.partition(":")
             try:
-                return getattr(importlib.import_module(module), attr)
+                factory = getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as e:
                 raise ValueError(f"env: cannot import {name!r} ({e})") from e
+            if not _builds_env(factory):
+                raise ValueError(
+                    f"env: {name!r} is not an environment class or a function annotated to return one; "
+                    "only those are called with the options"
+                )
+            return factory
         return self.spec(name).factory
 
     def _load(self) -> None:
@@ -100,6 +111,27 @@ class Registry:
                 hook(registry=self)
             else:
                 hook()
+
+
+_ENV_METHODS = ("reset", "step", "expert_action", "state_digest")
+
+
+def _is_env_class(obj: Any) -> bool:
+    return inspect.isclass(obj) and all(callable(getattr(obj, m, None)) for m in _ENV_METHODS)
+
+
+def _builds_env(factory: Any) -> bool:
+    """Whether ``factory`` is an environment class, or a Python function whose return annotation is one
+    (read without calling it)."""
+    if _is_env_class(factory):
+        return True
+    if not inspect.isfunction(factory):
+        return False
+    try:
+        returns = typing.get_type_hints(factory).get("return")
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve proves nothing
+        return False
+    return _is_env_class(returns)
 
 
 def _check_options(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:

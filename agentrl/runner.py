@@ -58,7 +58,12 @@ from agentrl.chat import ChatFormat
 from agentrl.compaction import CompactionConfig, Turn, resumed_messages, should_compact
 from agentrl.env import Env, StepResult
 from agentrl.sampling import Generation, Sampler, SamplingParams
+from agentrl.textsafety import describe_exception, encodable, encodable_data, encodable_messages
 from agentrl.types import Episode, Message, SubTrace
+
+# A step's reward beyond this (finite or not) is an environment error: squared in the metrics' standard
+# deviation or summed over a group, such a value overflows a float, and no task is scored on that scale.
+MAX_ABS_REWARD = 1e6
 
 TRUNCATION_REASONS = (
     "max_turns", "max_total_tokens", "max_compactions", "context_full", "env_truncated", "env_error",
@@ -235,6 +240,14 @@ class _Run:
         return sum(s.num_tokens for s in self.closed) + (len(self.window.token_ids) if self.window else 0)
 
 
+def _cleaned(run: _Run, text: str) -> str:
+    """``text`` made encodable (``agentrl.textsafety``), counted in ``info["text_cleaned"]``."""
+    text, n = encodable(text)
+    if n:
+        run.info["text_cleaned"] = run.info.get("text_cleaned", 0) + n
+    return text
+
+
 def _json_safe(info: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-serialisable entries of an environment's info dict."""
     safe = {}
@@ -366,10 +379,11 @@ class Runner:
         try:
             text = run.env.expert_action() if run.phase == "act" else (run.env.state_digest() or "")
         except Exception as e:  # noqa: BLE001 - a broken expert ends its episode, not the run
-            run.info["env_error"] = f"{type(e).__name__}: {e}"
+            run.info["env_error"] = describe_exception(e)
             return None
         if not isinstance(text, str):
             return None
+        text = _cleaned(run, text)
         ids = [*self.chat.encode(text), self.chat.im_end_id]
         cut = len(ids) > params.max_new_tokens
         ids = ids[: params.max_new_tokens]
@@ -400,8 +414,9 @@ class Runner:
             tools = [t.schema() for t in env.tools]
             system = env.system_prompt
             task_id = str(info.get("task_id", f"{getattr(env, 'name', 'env')}:{task.seed}"))
+            (task_text, system, tools, task_id), cleaned = encodable_data((task_text, system, tools, task_id))
         except Exception as e:  # noqa: BLE001 - a broken environment costs its task, not the run
-            return Failure(task, f"reset raised {type(e).__name__}: {e}", env_broken=True)
+            return Failure(task, f"reset raised {describe_exception(e)}", env_broken=True)
         prompt = self.chat.prompt_ids(system, tools, task_text)
         if not self._fits(len(prompt)):
             return Failure(
@@ -410,6 +425,8 @@ class Runner:
                 f"{self.config.max_response_tokens} in context_budget={self.config.context_budget}",
             )
         run = _Run(index, task, env, task_id, task_text, system, tools)
+        if cleaned:
+            run.info["text_cleaned"] = cleaned
         run.window = _Window.open(self.sampler, prompt, [])
         self._check_caps(run)
         return run
@@ -444,11 +461,14 @@ class Runner:
             reward = float(result.reward)
             if not math.isfinite(reward):
                 raise ValueError(f"step returned a non-finite reward {result.reward!r}")
+            if abs(reward) > MAX_ABS_REWARD:
+                raise ValueError(f"step returned a reward {reward:g} outside +-{MAX_ABS_REWARD:g}")
             if not all(isinstance(m, Message) and m.role in ("tool", "user") for m in result.observation):
                 raise ValueError("step returned an observation that is not tool or user messages")
+            observation, cleaned = encodable_messages(tuple(result.observation))
         except Exception as e:  # noqa: BLE001 - an environment that crashes ends its episode, not the run
             run.num_turns += 1
-            run.info["env_error"] = f"{type(e).__name__}: {e}"
+            run.info["env_error"] = describe_exception(e)
             self._end(run, "truncated", "env_error")
             return
         run.num_turns += 1
@@ -456,14 +476,16 @@ class Runner:
         window.rewards[-1] += reward - self.config.tool_error_penalty * errors
         run.num_tool_errors += errors
         run.info.update(_json_safe(result.info))
-        window.turns.append(Turn(action, tuple(result.observation)))
+        if cleaned:
+            run.info["text_cleaned"] = run.info.get("text_cleaned", 0) + cleaned
+        window.turns.append(Turn(action, observation))
         if result.terminated:
             self._end(run, "terminated", None)
         elif result.truncated:
             delta = self.chat.observation_ids(tuple(result.observation), sampled_ids=gen.token_ids)
             self._withhold(run, delta, "env_truncated")
         else:
-            self._observe(run, tuple(result.observation))
+            self._observe(run, observation)
 
     def _observe(self, run: _Run, observation: tuple[Message, ...]) -> None:
         """Append the observation for the next action, or compact first when the window is full."""
@@ -512,9 +534,9 @@ class Runner:
         try:
             digest = run.env.state_digest()
         except Exception as e:  # noqa: BLE001 - a broken digest means no summary, recorded
-            run.info["digest_error"] = f"{type(e).__name__}: {e}"
+            run.info["digest_error"] = describe_exception(e)
             return None
-        return digest if isinstance(digest, str) else None
+        return _cleaned(run, digest) if isinstance(digest, str) else None
 
     def _resume(self, run: _Run, summary: str | None, *, keep_latest: bool) -> None:
         """Close the window and open the next from task, summary and the last turns (module docstring)."""
@@ -567,7 +589,9 @@ class Runner:
         run.end, run.reason, run.phase = end, reason, "done"
 
     def _episode(self, run: _Run) -> Episode:
-        info = dict(run.info)
+        info, cleaned = encodable_data(dict(run.info))  # env_error messages may echo a model's text
+        if cleaned:
+            info["text_cleaned"] = info.get("text_cleaned", 0) + cleaned
         info.update(
             success=bool(run.info.get("success", False)),
             cut_responses=run.cut_responses,

@@ -49,6 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agentrl.textsafety import describe_exception, safe_str
 from agentrl.types import ToolCall
 
 FORMAT_HINT = 'Write <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
@@ -611,7 +612,7 @@ class ToolBox:
                 value = t.fn(**kwargs)
             except Exception as e:  # noqa: BLE001 - a raising tool is a model-visible error
                 return self._raised(t, e)
-            return ToolResult(name, render_output(value, t.max_output_chars))
+            return self._rendered(t, value)
         return self._call_with_limit(t, kwargs)
 
     def _call_with_limit(self, t: Tool, kwargs: dict[str, Any]) -> ToolResult:
@@ -630,11 +631,22 @@ class ToolBox:
             return ToolResult(t.name, message, True)
         if job.exc is not None:
             return self._raised(t, job.exc)
-        return ToolResult(t.name, render_output(job.value, t.max_output_chars))
+        return self._rendered(t, job.value)
+
+    @staticmethod
+    def _rendered(t: Tool, value: Any) -> ToolResult:
+        """The result of a call that returned ``value``; a value that cannot become text (its ``__str__``
+        raises) is the tool's error, which the model reads, not the environment's."""
+        try:
+            return ToolResult(t.name, render_output(value, t.max_output_chars))
+        except Exception as e:  # noqa: BLE001 - any __str__ may raise
+            message = (f"Error: tool '{t.name}' returned a {type(value).__name__} that cannot be shown "
+                       f"as text ({describe_exception(e)}).")
+            return ToolResult(t.name, truncate(message, t.max_output_chars), True)
 
     @staticmethod
     def _raised(t: Tool, e: BaseException) -> ToolResult:
-        detail = str(e).strip()
+        detail = safe_str(e).strip()
         message = f"Error: tool '{t.name}' raised {type(e).__name__}" + (f": {detail}" if detail else ".")
         return ToolResult(t.name, truncate(message, t.max_output_chars), True)
 

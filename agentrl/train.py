@@ -31,7 +31,10 @@ stopped (``perf/*`` timings aside). The run directory holds ``config.yaml`` (the
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +45,10 @@ import torch
 from agentrl.backends import make_sampler
 from agentrl.chat import ChatFormat
 from agentrl.checkpoint import (
+    TrainerState,
     capture_rng,
     latest_checkpoint,
+    list_checkpoints,
     load_trainer_state,
     restore_rng,
     save_checkpoint,
@@ -58,6 +63,7 @@ from agentrl.critic import (
 )
 from agentrl.diagnostics import credit_metrics
 from agentrl.episodes import save_episodes
+from agentrl.guards import DivergenceError, check_advantages, check_models, largest_weight
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
     PERF_WEIGHT_SYNC_S,
@@ -71,6 +77,7 @@ from agentrl.metrics import (
     rollout_metrics,
 )
 from agentrl.models import init_model, load_model
+from agentrl.outputs import check_writable_dir
 from agentrl.registry import make
 from agentrl.runner import Runner, Task
 from agentrl.weight_sync import push_weights
@@ -96,6 +103,7 @@ class Trainer:
     logger: MetricsLogger
     iteration: int  # the last iteration finished
     env_steps: int = 0  # environment steps (policy turns) of every episode so far
+    initial_largest_weight: float = 1.0  # the divergence guard's scale (agentrl.guards)
 
     @property
     def total_iterations(self) -> int:
@@ -122,7 +130,13 @@ def device_for(name: str) -> torch.device:
     """The torch device of ``model.device`` (``auto``: cuda when there is one, else cpu)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"model.device: {name!r}, but this machine has {count} CUDA devices; "
+                             "use cpu or auto")
+    return device
 
 
 def tasks_for(cfg: TrainConfig, iteration: int) -> list[Task]:
@@ -145,7 +159,12 @@ def _initial_model_dir(cfg: TrainConfig, run_dir: Path) -> Path:
         return Path(cfg.model.path)
     out = run_dir / INITIAL_MODEL_DIR
     if not (out / "config.json").is_file():
-        init_model(out, size=cfg.model.init_size, seed=cfg.run.seed)
+        # written aside and renamed, so a kill mid-write never leaves a half model that looks whole
+        tmp = run_dir / f"{INITIAL_MODEL_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        init_model(tmp, size=cfg.model.init_size, seed=cfg.run.seed)
+        os.replace(tmp, out)
     return out
 
 
@@ -171,14 +190,18 @@ def _critic(cfg: TrainConfig, policy: Any, checkpoint: Path | None) -> Any | Non
 
 
 def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
-    """A fresh run in ``cfg.run_dir``, or (``resume``) the run there from its latest checkpoint."""
+    """A fresh run in ``cfg.run_dir``, or (``resume``) the run there from its latest readable checkpoint.
+
+    Resuming a run that was stopped before its first checkpoint starts it again from nothing (a line
+    says so); a fresh start refuses a directory that holds a checkpoint or logged metrics."""
     run_dir = cfg.run_dir
+    check_writable_dir(run_dir, "run.run_dir")
     device = device_for(cfg.model.device)
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        raise ValueError(f"--resume: {run_dir} has no complete checkpoint to resume from")
-    if not resume and (run_dir / "metrics.jsonl").exists():
+    if not resume and _holds_run(run_dir):
         raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
+    if resume and not list_checkpoints(run_dir):
+        print(f"agentrl train: {run_dir} has no complete checkpoint yet; starting it from iteration 0",
+              file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / CONFIG_FILE)
     random.seed(cfg.run.seed)
@@ -186,29 +209,80 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     torch.manual_seed(cfg.run.seed)
 
     initial = _initial_model_dir(cfg, run_dir)
-    policy, tokenizer = load_policy(checkpoint / "policy" if checkpoint else initial, cfg, device)
-    critic = _critic(cfg, policy, checkpoint)
+    point = _resume_point(cfg, run_dir, device) if resume else None
+    weights = initial  # the policy's weights on disk, for a rollout engine that loads its own
+    if point is None:
+        policy, tokenizer = load_policy(initial, cfg, device)
+        critic, state = _critic(cfg, policy, None), None
+    else:
+        policy, tokenizer, critic, state, resumed = point
+        weights = resumed / "policy"
     reference = None
     if cfg.needs_reference:  # the initial policy, frozen, whether or not the run resumes
         reference = reference_from_policy(load_policy(initial, cfg, device)[0])
     learner = Learner(cfg, policy, critic=critic, reference=reference, seed=cfg.run.seed,
                       pad_id=tokenizer.pad_token_id or 0)
-    iteration = 0
-    if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
+    iteration, extra = 0, {}
+    if state is not None:
         learner.load_state_dict(state.extra["learner"])
         restore_rng(state.rng)
-        iteration = state.iteration
+        iteration, extra = state.iteration, state.extra
     chat = ChatFormat(tokenizer)
-    weights = checkpoint / "policy" if checkpoint else initial  # the policy's weights on disk, for an engine
     sampler = make_sampler(cfg.rollout, policy, weights, seed=cfg.run.seed)
     runner = Runner(sampler, chat, cfg.to_runner_config())
     logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
                            resume_from_iteration=iteration if resume else None)
-    # the logger kept the records up to the checkpoint: they hold the environment steps so far
-    env_steps = sum(env_steps_of(record) for record in read_metrics(run_dir)) if resume else 0
+    env_steps = _restore_records(logger, iteration, extra) if resume else 0
+    largest = extra.get("initial_largest_weight", largest_weight(policy))
     return Trainer(cfg, run_dir, policy, tokenizer, critic, learner, runner, chat, logger, iteration,
-                   env_steps)
+                   env_steps, largest)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` has a complete checkpoint or logged metrics (an empty metrics file, left by
+    a run killed before its first iteration ended, is no run)."""
+    metrics = run_dir / "metrics.jsonl"
+    return bool(list_checkpoints(run_dir)) or (metrics.is_file() and metrics.stat().st_size > 0)
+
+
+def _resume_point(cfg: TrainConfig, run_dir: Path, device: torch.device
+                  ) -> tuple[Any, Any, Any | None, TrainerState, Path] | None:
+    """The policy, tokenizer, critic, trainer state and directory of the newest checkpoint that loads;
+    one that does not (truncated weights or state) is skipped with a line saying so. None: none."""
+    found = list_checkpoints(run_dir)[::-1]
+    latest = latest_checkpoint(run_dir)
+    candidates = ([latest] if latest is not None else []) + [p for p in found if p != latest]
+    for path in candidates:
+        try:
+            state = load_trainer_state(path)
+            policy, tokenizer = load_policy(path / "policy", cfg, device)
+            critic = _critic(cfg, policy, path)
+        except Exception as err:  # noqa: BLE001 - whatever is wrong with it, it is not a resume point
+            lines = str(err).strip().splitlines()
+            reason = lines[0] if lines else type(err).__name__
+            print(f"agentrl train: checkpoint {path.name} is unreadable ({reason}); trying the previous one",
+                  file=sys.stderr)
+            continue
+        if path != candidates[0]:
+            print(f"agentrl train: resuming from {path.name}", file=sys.stderr)
+        return policy, tokenizer, critic, state, path
+    if candidates:
+        raise ValueError(f"--resume: no checkpoint of {run_dir} is readable")
+    return None
+
+
+def _restore_records(logger: MetricsLogger, iteration: int, extra: dict[str, Any]) -> int:
+    """After a resume from ``iteration``: log its record again if a kill between the checkpoint and the
+    log lost it (the checkpoint carries it); return the run's environment steps so far."""
+    records = read_metrics(logger.run_dir)
+    saved = extra.get("metrics")
+    if saved is not None and iteration > 0 and not any(r["iteration"] == iteration for r in records):
+        logger.log(iteration, saved)
+        records = read_metrics(logger.run_dir)
+    if "env_steps" in extra:
+        return int(extra["env_steps"])
+    # a checkpoint written before they carried the count: the records hold the environment steps
+    return sum(env_steps_of(record) for record in records)
 
 
 # ---- one iteration ------------------------------------------------------------------------------------
@@ -231,6 +305,10 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
     with timer.phase("advantages"):
         rows = t.learner.prepare(episodes)
         metrics |= batch_metrics(rows) | credit_metrics(rows, episodes) | t.learner.mismatch
+    try:
+        check_advantages(row.advantages for row in rows)
+    except DivergenceError as err:
+        raise DivergenceError(f"iteration {iteration}: {err}; not updated, not checkpointed") from None
 
     updates: list[dict[str, float]] = []
     match cfg.algorithm:
@@ -294,12 +372,31 @@ def env_steps_of(metrics: dict[str, Any]) -> int:
     return round((metrics.get(ROLLOUT_TURNS_MEAN) or 0.0) * (metrics.get(ROLLOUT_EPISODES) or 0.0))
 
 
-def checkpoint(t: Trainer, iteration: int) -> Path:
-    """Save the weights, the learner's optimisers and generator, and every RNG state, atomically."""
+def checkpoint(t: Trainer, iteration: int, record: dict[str, float] | None = None) -> Path:
+    """Save the weights, the learner's optimisers and generator, every RNG state, the environment steps
+    so far and the iteration's metrics ``record`` (logged after the save; a resume logs it again if the
+    run died in between), atomically."""
+    extra = {"learner": t.learner.state_dict(), "env_steps": t.env_steps,
+             "initial_largest_weight": t.initial_largest_weight,
+             "metrics": {k: float(v) for k, v in (record or {}).items()}}
     return save_checkpoint(
         t.run_dir, iteration, policy=t.policy, tokenizer=t.tokenizer, critic=t.critic,
-        optimizers={}, rng_state=capture_rng(), extra={"learner": t.learner.state_dict()},
+        optimizers={}, rng_state=capture_rng(), extra=extra,
     )
+
+
+def check_divergence(t: Trainer, iteration: int) -> None:
+    """Raise ``DivergenceError`` when the iteration's update left a model diverged (agentrl.guards);
+    the message names the parameter, says nothing was checkpointed, and what to change."""
+    models = [("policy", t.policy)] + ([("critic", t.critic)] if t.critic is not None else [])
+    try:
+        check_models(models, initial_largest=t.initial_largest_weight)
+    except DivergenceError as err:
+        last = latest_checkpoint(t.run_dir)
+        kept = f"resume starts from {last.name}" if last else "no checkpoint yet"
+        raise DivergenceError(
+            f"iteration {iteration}: {err}; not checkpointed ({kept}); lower optim.actor_lr or critic_lr"
+        ) from None
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
@@ -313,12 +410,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             metrics = run_iteration(t, iteration)
             t.env_steps += env_steps_of(metrics)
             metrics[ROLLOUT_ENV_STEPS] = float(t.env_steps)
+            try:
+                check_divergence(t, iteration)
+            except DivergenceError:
+                t.logger.log(iteration, metrics)  # what the diverged iteration saw, for the diagnosis
+                raise
             last = iteration == t.total_iterations or t.budget_spent
             every = cfg.run.checkpoint_every
             if last or (every and iteration % every == 0):
                 timer = PhaseTimer()
                 with timer.phase("checkpoint"):
-                    checkpoint(t, iteration)
+                    checkpoint(t, iteration, metrics)
                 metrics |= timer.metrics()
             t.logger.log(iteration, metrics)
             t.iteration = iteration
