@@ -103,8 +103,23 @@ class RunResult:
         if self.timed_out:
             parts.append("[killed: wall-clock limit reached]")
         else:
-            parts.append(f"[exit code {self.returncode}]")
+            parts.append(f"[exit code {self.returncode}{_signal_note(self.returncode)}]")
         return "\n".join(parts)
+
+
+def _signal_note(returncode: int | None) -> str:
+    """``": killed by SIGXCPU (the CPU-time limit)"`` for a status that means a signal, else ``""``.
+
+    A negative status is a signal; a shell reports its child's signal n as 128 + n."""
+    if returncode is None or 0 <= returncode <= 128:
+        return ""
+    number = -returncode if returncode < 0 else returncode - 128
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return ""
+    why = {"SIGXCPU": " (the CPU-time limit)", "SIGXFSZ": " (the file-size limit)"}.get(name, "")
+    return f": killed by {name}{why}"
 
 
 def bwrap_path() -> str | None:
@@ -174,13 +189,20 @@ class Sandbox:
                 "or pass unsafe_no_sandbox=True to run model code on the host without isolation"
             )
         remove_stale_dirs()
-        self.uid = _UID_BASE + (os.getpid() % 10_000) * 100 + next(_counter) % 100 if os.geteuid() == 0 else None
-        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+        # as root, a uid of its own: the kernel never applies RLIMIT_NPROC to root's processes
+        slot = (os.getpid() % 10_000) * 100 + next(_counter) % 100
+        self.uid = None if os.geteuid() != 0 else _UID_BASE + slot
+        self.root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+        self.path = self.root / "work"  # the work directory; beside it, bin/ for the unsandboxed PATH
+        self.root.chmod(0o711)  # the sandbox's uid must pass through to the work directory, not list
+        self.path.mkdir()
+        (self.root / "bin").mkdir()
+        (self.root / "bin" / "python").symlink_to(python_executable())
         self.own(self.path)
         self.num_calls = 0
         self.num_capped = 0
         self.num_timeouts = 0
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.root), True)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -210,7 +232,8 @@ class Sandbox:
         """
         if self.closed:
             raise RuntimeError("sandbox: used after close()")
-        text = relative[len(WORK):].lstrip("/") if relative.startswith(WORK + "/") or relative == WORK else relative
+        inside = relative == WORK or relative.startswith(WORK + "/")
+        text = relative[len(WORK):].lstrip("/") if inside else relative
         root = self.path.resolve()
         target = (root / text).resolve()
         if target != root and root not in target.parents:
@@ -253,11 +276,16 @@ class Sandbox:
         if self.closed:
             raise RuntimeError("sandbox: used after close()")
         self.num_calls += 1
-        env = {"PATH": f"{TOOL_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": WORK if not self.unsafe_no_sandbox else str(self.path),
-               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+        tool_bin, home = (TOOL_BIN, WORK)
+        if self.unsafe_no_sandbox:
+            tool_bin, home = str(self.root / "bin"), str(self.path)
+        env = {"PATH": f"{tool_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
         proc = subprocess.Popen(
-            self.argv(command), cwd=self.path, env=env, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self._preexec,
+            self.argv(command), cwd=self.path, env=env,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=self._preexec,
         )
         if stdin is not None:
             try:
@@ -266,7 +294,8 @@ class Sandbox:
             except BrokenPipeError:
                 pass
         kept, dropped, timed_out = self._collect(proc)
-        result = RunResult(None if timed_out else proc.returncode, kept.decode("utf-8", "replace"), timed_out, dropped)
+        output = kept.decode("utf-8", "replace")
+        result = RunResult(None if timed_out else proc.returncode, output, timed_out, dropped)
         self.num_capped += dropped > 0
         self.num_timeouts += timed_out
         return result

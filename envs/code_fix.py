@@ -159,8 +159,9 @@ class CodeFix(SandboxTools, ToolEnv):
         if isinstance(modules, bool) or not isinstance(modules, int) or not 1 <= modules <= most:
             raise ValueError(f"num_modules: expected an int from 1 to {most}, got {modules!r}")
         if isinstance(bugs, bool) or not isinstance(bugs, int) or not 1 <= bugs <= 2 * modules:
-            raise ValueError(f"num_bugs: expected an int from 1 to {2 * modules} (two a module), got {bugs!r}")
-        if isinstance(missing_rate, bool) or not isinstance(missing_rate, int | float) or not 0 <= missing_rate <= 1:
+            raise ValueError(f"num_bugs: expected an int from 1 to {2 * modules} (two a module), got {bugs}")
+        rate_ok = isinstance(missing_rate, int | float) and not isinstance(missing_rate, bool)
+        if not rate_ok or not 0 <= missing_rate <= 1:
             raise ValueError(f"missing_rate: expected a number in [0, 1], got {missing_rate!r}")
         self.num_modules, self.num_bugs, self.missing_rate = modules, bugs, float(missing_rate)
         self.sandbox_limits = Limits(wall_s=wall_s)
@@ -216,7 +217,8 @@ class CodeFix(SandboxTools, ToolEnv):
 
     def _grade(self) -> str:
         box = self._open_box()
-        cases = [(f.module, f.spec.name, args, _expected(f.spec, args)) for f in self.functions for args in f.hidden]
+        cases = [(f.module, f.spec.name, args, _expected(f.spec, args))
+                 for f in self.functions for args in f.hidden]
         script = _GRADER.format(token=self.token, cases=json.dumps(cases))
         result = box.run_python(script)
         found = re.search(rf"^{self.token} (\d+) (\d+)$", result.output, re.MULTILINE)
@@ -323,7 +325,8 @@ class _Notes:
         """The expert's next call, from the notes alone."""
         if self.listing is None:
             return "list_dir", {"path": "."}
-        unread = [p for p in self.listing if p.endswith(".py") and p != "run_tests.py" and p not in self.files]
+        unread = [p for p in self.listing
+                  if p.endswith(".py") and p != "run_tests.py" and p not in self.files]
         if unread:
             return "read_file", {"path": unread[0]}
         if self.full_run is None:
@@ -352,5 +355,6 @@ class _Notes:
             tests = "all tests passed at the last full run: submit"
         else:
             fixed = [n for n in failing if self.phase.get(n) == 3]
-            tests = f"failing at the last full run: {', '.join(failing)}; fixed since: {', '.join(fixed) or 'none'}"
+            tests = (f"failing at the last full run: {', '.join(failing)}; "
+                     f"fixed since: {', '.join(fixed) or 'none'}")
         return f"Files read: {seen}. {tests}."

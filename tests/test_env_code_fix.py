@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from test_sandbox import sandbox_processes
 
 from agentrl.env import check_env
 from agentrl.registry import make
@@ -16,7 +17,6 @@ from agentrl.sandbox import PREFIX, bwrap_path
 from agentrl.tools import format_tool_call
 from envs.code_catalogue import CATALOGUE, compile_function
 from envs.code_fix import SETTINGS, CodeFix
-from test_sandbox import sandbox_processes
 
 pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not installed")
 WORKERS = 4  # the episodes wait on sandboxed subprocesses, so threads overlap them
@@ -71,8 +71,9 @@ def test_expert_solves_every_one_of_200_seeds(setting):
 def test_registered_and_bad_options_name_the_field():
     env = make("code_fix", setting="short")
     assert isinstance(env, CodeFix)
-    for options, field in (({"setting": "huge"}, "setting"), ({"num_modules": 0}, "num_modules"),
-                           ({"num_bugs": 5, "num_modules": 1}, "num_bugs"), ({"missing_rate": 2}, "missing_rate")):
+    bad = (({"setting": "huge"}, "setting"), ({"num_modules": 0}, "num_modules"),
+           ({"num_bugs": 5, "num_modules": 1}, "num_bugs"), ({"missing_rate": 2}, "missing_rate"))
+    for options, field in bad:
         with pytest.raises(ValueError, match=f"^{field}:"):
             CodeFix(**options)
 
@@ -115,3 +116,35 @@ def test_many_episodes_at_once_leave_no_process_or_directory():
     gc.collect()  # the unfinished episodes' envs are gone: their sandboxes with them
     assert set(Path(tempfile.gettempdir()).glob(f"{PREFIX}{os.getpid()}-*")) == before
     assert all(sandbox_processes(uid) == [] for uid in uids)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("config", ["ppo_code_fix.yaml", "grpo_code_fix.yaml"])
+def test_train_runs_on_code_fix(tmp_path: Path, config: str) -> None:
+    from agentrl.cli import main
+    from agentrl.metrics import read_metrics
+
+    run = tmp_path / "run"
+    args = ["train", "--config", str(ROOT / "examples" / config), "--run-dir", str(run), "--quiet"]
+    for item in ("run.iterations=2", "rollout.tasks_per_iteration=2", "run.checkpoint_every=0",
+                 "rollout.max_response_tokens=32"):
+        args += ["--set", item]
+    assert main(args) == 0
+    rows = [r for r in read_metrics(run) if "rollout/episodes" in r]
+    assert len(rows) >= 2 and all(r["rollout/episodes"] > 0 and r["rollout/failed_tasks"] == 0 for r in rows)
+    assert any("policy/loss" in r for r in rows)
+
+
+def test_eval_runs_on_code_fix(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    from agentrl.cli import main
+    from agentrl.episodes import load_episodes
+
+    out = tmp_path / "eps.jsonl"
+    argv = ["eval", "--env", "code_fix", "--model", str(tiny_model_dir), "--episodes", "2",
+            "--env-option", "setting=short", "--max-response-tokens", "16", "--context-budget", "2048",
+            "--max-turns", "3", "--out", str(out)]
+    assert main(argv) == 0
+    assert "success" in capsys.readouterr().out
+    assert [e.task_id for e in load_episodes(out)] == ["code_fix:0", "code_fix:1"]

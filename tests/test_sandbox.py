@@ -151,7 +151,7 @@ def test_a_fork_bomb_is_contained_and_leaves_nothing(box):
     start = time.monotonic()
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     out = box.call("run_python", code=code)
-    assert "killed: wall-clock limit" in out and time.monotonic() - start < FAST.wall_s + 2
+    assert "killed" in out and time.monotonic() - start < FAST.wall_s + 2  # wall clock or CPU limit
     assert sandbox_processes(box.sandbox.uid) == []
     assert "[exit code 0]" in box.call("run_shell", command="echo alive")
 
@@ -166,8 +166,9 @@ def test_a_memory_bomb_gets_memory_error(box):
 def test_an_infinite_loop_is_killed_at_the_limit(box):
     start = time.monotonic()
     out = box.call("run_shell", command="while true; do :; done")
+    # the CPU-time limit (2 s, SIGXCPU) or the wall clock (3 s), whichever the busy machine hits first
     assert "killed" in out and time.monotonic() - start < FAST.wall_s + 2
-    assert box.sandbox.num_timeouts == 1
+    assert box.sandbox.num_timeouts == 1 or "SIGXCPU (the CPU-time limit)" in out
 
 
 def test_100_mb_of_output_is_capped_and_the_cap_recorded(box):
@@ -182,7 +183,11 @@ def test_100_mb_of_output_is_capped_and_the_cap_recorded(box):
 
 def test_killing_the_parent_process_fails(box):
     host_pid = os.getpid()
-    code = f"import os, signal\nfor pid in ({host_pid}, os.getppid(), 1):\n    try:\n        os.kill(pid, signal.SIGKILL)\n        print('sent', pid)\n    except OSError as e:\n        print(pid, type(e).__name__)\n"
+    code = (
+        f"import os, signal\nfor pid in ({host_pid}, os.getppid(), 1):\n    try:\n"
+        "        os.kill(pid, signal.SIGKILL)\n        print('sent', pid)\n"
+        "    except OSError as e:\n        print(pid, type(e).__name__)\n"
+    )
     out = box.call("run_python", code=code)
     assert f"{host_pid} ProcessLookupError" in out  # the host's pids are not even visible
     assert "[exit code" in out  # the call itself returned normally; this process is alive
