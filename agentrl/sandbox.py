@@ -326,19 +326,28 @@ class Sandbox:
                 kept += chunk[:room]
                 dropped += len(chunk) - min(room, len(chunk))
         if not timed_out:
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            timed_out = not _exited_unreaped(proc.pid, deadline)
         self._kill(proc)
         proc.stdout.close()
         return bytes(kept), dropped, timed_out
 
     @staticmethod
     def _kill(proc: subprocess.Popen) -> None:
-        """Kill the call's process group; the PID namespace takes the rest when bwrap's init dies."""
+        """Kill the call's process group, then reap it; the PID namespace takes the rest when bwrap's
+        init dies. The group is killed before the reap, while its leader's pid cannot be reused."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait()
+
+
+def _exited_unreaped(pid: int, deadline: float) -> bool:
+    """Wait until child ``pid`` exits, without reaping it (so its pid stays its own); False at the
+    deadline."""
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)

@@ -51,3 +51,16 @@ def test_grpo_against_trl_prints_its_ratio(capsys) -> None:
     out = capsys.readouterr().out
     assert re.search(r"^ratio agentrl/TRL: \d+\.\d\d$", out, re.MULTILINE)
     assert "agentrl phases" in out and "TRL phases" in out
+
+
+def test_sandbox_overhead_prints_its_ratios(capsys) -> None:
+    from agentrl.sandbox import bwrap_path
+
+    if bwrap_path() is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    import sandbox_overhead
+
+    assert sandbox_overhead.main(["--calls", "2", "--episodes", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("call:", "episode:"))]
+    assert len(rows) == 3 and all(re.search(r" \d+\.\d\d +-?\d+\.\d\d$", r) for r in rows)

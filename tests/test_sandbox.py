@@ -227,3 +227,21 @@ def test_many_sandboxes_at_once_leave_no_process_or_directory(tmp_path):
     assert len(set(uids)) == 12
     assert set(Path(tempfile.gettempdir()).glob(f"{PREFIX}{os.getpid()}-*")) == before
     assert all(sandbox_processes(uid) == [] for uid in uids)
+
+
+def test_a_killed_run_leaves_its_directory_to_the_next_sandbox():
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom agentrl.sandbox import Sandbox\nbox = Sandbox()\n"
+            "print(box.root, flush=True)\ntime.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    root = Path(child.stdout.readline().strip())
+    assert root.is_dir()
+    child.send_signal(signal.SIGKILL)  # no finaliser, no atexit: the directory stays behind
+    child.wait()
+    child.stdout.close()
+    assert root.is_dir()
+    with Sandbox(FAST):
+        assert not root.exists()  # the next sandbox on the machine removes it
