@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.env import ToolEnv
+from agentrl.env import StepResult, ToolEnv
 from agentrl.sandbox import Limits
 from agentrl.sandbox_tools import SandboxTools
 from agentrl.tools import format_tool_call, parse_tool_calls, tool
@@ -231,7 +231,7 @@ class CodeFix(SandboxTools, ToolEnv):
 
     # ---- what the expert saw ------------------------------------------------------------------------
 
-    def step(self, action: str):  # type: ignore[override]
+    def step(self, action: str) -> StepResult:
         """Step as ``ToolEnv`` does, then note what each call showed (for the expert and the digest)."""
         result = super().step(action)
         calls = parse_tool_calls(action).calls

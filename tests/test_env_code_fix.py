@@ -148,3 +148,4 @@ def test_eval_runs_on_code_fix(tiny_model_dir: Path, tmp_path: Path, capsys) -> 
     assert main(argv) == 0
     assert "success" in capsys.readouterr().out
     assert [e.task_id for e in load_episodes(out)] == ["code_fix:0", "code_fix:1"]
+
