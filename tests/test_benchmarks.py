@@ -62,3 +62,16 @@ def test_viewer_load_prints_its_ratios(capsys) -> None:
     assert re.search(r"^index: whole-line parse / index = \d+\.\d\dx$", out, re.MULTILINE)
     page = r"^page: (skipped|\d+-token episode / \d+-token episode = \d+\.\d\dx)"
     assert re.search(page, out, re.MULTILINE)
+
+
+def test_sandbox_overhead_prints_its_ratios(capsys) -> None:
+    from agentrl.sandbox import bwrap_path
+
+    if bwrap_path() is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    import sandbox_overhead
+
+    assert sandbox_overhead.main(["--calls", "2", "--episodes", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("call:", "episode:"))]
+    assert len(rows) == 3 and all(re.search(r" \d+\.\d\d +-?\d+\.\d\d$", r) for r in rows)

@@ -11,7 +11,7 @@ import pytest
 from agentrl.cli import main
 from agentrl.registry import list_envs
 
-BUILTIN = {"graph_nav", "ledger", "arithmetic", "gym"}
+BUILTIN = {"graph_nav", "ledger", "arithmetic", "gym", "code_fix"}
 
 
 def check_listing(out: str) -> None:

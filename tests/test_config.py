@@ -75,7 +75,9 @@ def test_example_loads_round_trips_and_is_tiny(path: Path, tmp_path: Path) -> No
     assert env == cfg.env.name or env.startswith(f"{cfg.env.name}_"), (env, cfg.env.name)
     assert cfg.model.path is None and cfg.model.init_size == "tiny"
     assert cfg.rollout.episodes_per_iteration <= 16 and cfg.run.iterations <= 5
-    assert cfg.rollout.context_budget <= (2048 if path.stem.endswith("_long") else 1024)  # long: 2 KiB
+    # long settings: 2 KiB; code_fix too, whose seven tool schemas alone take about 930 prompt tokens
+    wide = path.stem.endswith("_long") or cfg.env.name == "code_fix"
+    assert cfg.rollout.context_budget <= (2048 if wide else 1024)
     if algorithm == "grpo":
         assert cfg.rollout.group_size == 4
     again = load_config(save_config(cfg, tmp_path / "resolved.yaml"))

@@ -234,6 +234,6 @@ except ImportError as e:
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
-        "['arithmetic', 'graph_nav', 'gym', 'ledger']",
+        "['arithmetic', 'code_fix', 'graph_nav', 'gym', 'ledger']",
         "ImportError: GymTextEnv needs gymnasium: pip install agentrl[gym]",
     ]
