@@ -38,3 +38,25 @@ def test_a_long_setting_needs_40_turns_and_3_windows(tiny_model_dir: Path, setti
     assert statistics.mean(len(e.sub_traces) for e in episodes) >= 3
     assert all(len(e.sub_traces) >= 2 for e in episodes)  # every episode is compacted at least once
     assert sum(e.info["cut_summaries"] for e in episodes) == 0
+
+
+def test_code_fix_long_compacts_and_its_expert_still_succeeds(tiny_model_dir: Path) -> None:
+    # The long code_fix setting under budgets that fit its expert's actions (a patch of a whole function
+    # is up to ~500 tokens): 41 turns in 3 windows on every seed. With 64- or 256-token responses the
+    # expert's patches are cut and the episode fails, so these are the budgets a long run needs.
+    from agentrl.compaction import CompactionConfig
+    from agentrl.runner import RunnerConfig
+    from agentrl.sandbox import bwrap_path
+
+    if bwrap_path() is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    _, tokenizer = load_model(tiny_model_dir)
+    config = RunnerConfig(max_response_tokens=512, context_budget=8192, max_turns=120, max_compactions=40,
+                          compaction=CompactionConfig("policy", keep_last_turns=1, max_summary_tokens=512))
+    tasks = [Task(seed, f"g{seed}") for seed in range(4)]
+    result = Runner(None, ChatFormat(tokenizer), config).run(  # type: ignore[arg-type]
+        lambda: make("code_fix", setting="long"), tasks, teacher=True)
+    assert len(result.episodes) == 4 and not result.failures
+    assert all(e.terminated and e.info["success"] for e in result.episodes)
+    assert all(e.num_turns >= 40 and len(e.sub_traces) >= 3 for e in result.episodes)
+    assert sum(e.info["cut_responses"] + e.info["cut_summaries"] for e in result.episodes) == 0
