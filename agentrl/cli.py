@@ -56,16 +56,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     config = _runner_config(args, CompactionConfig(strategy=args.compaction, keep_last_turns=args.keep_last))
     make(args.env, **options)  # an unknown env or option fails here, before the model loads
 
+    from agentrl.backends import make_sampler
     from agentrl.chat import ChatFormat
+    from agentrl.config import VLLMSection
     from agentrl.episodes import save_episodes
     from agentrl.models import load_model
-    from agentrl.rollout import TorchSampler
     from agentrl.runner import Runner, Task
 
     model, tokenizer = load_model(args.model)
     chat = ChatFormat(tokenizer)
     tasks = [Task(seed=args.seed + i, group_id=f"{args.env}:{args.seed + i}") for i in range(args.episodes)]
-    result = Runner(TorchSampler(model), chat, config).run(
+    vllm = VLLMSection(max_model_len=args.context_budget)
+    sampler = make_sampler(args.backend, model, args.model, vllm=vllm, seed=args.seed)
+    result = Runner(sampler, chat, config).run(
         lambda: make(args.env, **options), tasks, seed=args.seed
     )
     m = result.metrics
@@ -253,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-concurrent", type=int, default=64)
     ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy")
     ev.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    ev.add_argument("--backend", choices=("torch", "vllm"), default="torch",
+                    help="the sampler: the model in this process (torch) or a vLLM engine (docs/vllm.md)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="episodes.jsonl", help="where to write the episodes (JSONL)")
     ev.set_defaults(func=_cmd_eval)

@@ -228,7 +228,7 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
         restore_rng(state.rng)
         iteration, extra = state.iteration, state.extra
     chat = ChatFormat(tokenizer)
-    sampler = make_sampler(cfg.rollout, policy, weights, seed=cfg.run.seed)
+    sampler = make_sampler(cfg.rollout.backend, policy, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
     runner = Runner(sampler, chat, cfg.to_runner_config())
     logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
                            resume_from_iteration=iteration if resume else None)

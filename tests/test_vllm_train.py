@@ -44,3 +44,17 @@ def test_a_resumed_vllm_run_repeats_the_uninterrupted_one(tmp_path: Path, config
                 va, vb = ra[key], rb[key]
                 assert (va is None and vb is None) or va == pytest.approx(vb, rel=1e-6, abs=1e-9), (
                     ra["iteration"], key)
+
+
+def test_eval_with_the_vllm_backend_writes_the_torch_backends_greedy_episodes(tmp_path: Path,
+                                                                               tiny_model_dir: Path) -> None:
+    from agentrl.episodes import load_episodes
+
+    common = ["eval", "--env", "graph_nav", "--env-option", "size=small", "--model", str(tiny_model_dir),
+              "--episodes", "3", "--temperature", "0", "--context-budget", "1024", "--max-turns", "3"]
+    assert main([*common, "--backend", "vllm", "--out", str(tmp_path / "vllm.jsonl")]) == 0
+    assert main([*common, "--out", str(tmp_path / "torch.jsonl")]) == 0
+    ours, theirs = load_episodes(tmp_path / "vllm.jsonl"), load_episodes(tmp_path / "torch.jsonl")
+    assert len(ours) == 3
+    assert [[s.token_ids for s in e.sub_traces] for e in ours] == [[s.token_ids for s in e.sub_traces]
+                                                                  for e in theirs]
