@@ -312,7 +312,7 @@ def episode_gae(
     """Skip-observation GAE over whole episodes, for a batch of sub-traces (one per row).
 
     Row b is a sub-trace of episode ``episode_index[b]``; an episode's rows appear in sub-trace order
-    (not necessarily adjacent). ``mode="episode"`` (DESIGN.md section 6) is ``gae`` run on the
+    (not necessarily adjacent). ``mode="episode"`` (docs/design.md section 6) is ``gae`` run on the
     concatenation of the episode's policy tokens: the last policy token of a sub-trace bootstraps from
     the value at the first policy token of the next sub-trace, and its advantage continues from there.
     ``mode="local"`` runs ``gae`` on each sub-trace alone (bootstrap 0 at a sub-trace's end), then
@@ -572,7 +572,7 @@ def grpo_advantages(
 def broadcast_to_tokens(
     episode_advantages: torch.Tensor, episode_index: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Give every policy token of every sub-trace its episode's advantage (GRPO, DESIGN.md section 6).
+    """Give every policy token of every sub-trace its episode's advantage (GRPO, docs/design.md section 6).
 
     Args:
         episode_advantages: (E,) one advantage per episode (e.g. from ``grpo_advantages``).

@@ -1,7 +1,7 @@
 """Batching for the learner: sub-traces as rows, right-padded batches, micro-batches packed by a token
 budget, and the log-probabilities and values of a batch aligned to its tokens.
 
-The flow (DESIGN.md sections 2, 6 and 7):
+The flow (docs/design.md sections 2, 6 and 7):
 
     rows = rows_from_episodes(episodes)                      # one Row per sub-trace
     rows = set_fields(rows, old_values=evaluate_values(critic, rows, max_tokens=...))
@@ -220,7 +220,7 @@ def policy_token_count(rows: Sequence[Row], indices: Iterable[int] | None = None
     """Policy tokens of the rows (all, or those at ``indices``): the ``num_tokens`` of a mini-batch.
 
     Pass it as ``losses.aggregate(..., num_tokens=...)`` in every micro-batch of the mini-batch, so that
-    the micro-batch losses sum to the mini-batch token-mean loss (DESIGN.md section 7).
+    the micro-batch losses sum to the mini-batch token-mean loss (docs/design.md section 7).
     """
     chosen = rows if indices is None else [rows[i] for i in indices]
     return sum(row.num_policy_tokens for row in chosen)

@@ -1,4 +1,4 @@
-"""The chat format and the token-stream conventions the runner uses (DESIGN.md section 2).
+"""The chat format and the token-stream conventions the runner uses (docs/design.md section 2).
 
 The format is ChatML with tool calls the way Qwen2.5 writes them: messages are
 ``<|im_start|>{role}\\n{content}<|im_end|>\\n``; the tools are listed as JSON schemas inside

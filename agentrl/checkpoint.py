@@ -1,6 +1,6 @@
 """Checkpoints: the policy and critic as Hugging Face directories plus the trainer's state, saved atomically.
 
-A checkpoint is ``RUN_DIR/checkpoints/iter_000123/`` (DESIGN.md sections 8, 9)::
+A checkpoint is ``RUN_DIR/checkpoints/iter_000123/`` (docs/design.md sections 8, 10)::
 
     policy/             save_pretrained of the policy and its tokenizer (loadable by transformers, vLLM)
     critic/             the critic's own save_pretrained (absent when there is no separate critic)

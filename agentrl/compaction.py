@@ -1,6 +1,6 @@
 """Compaction: keep a long episode inside its context window by starting a new sub-trace.
 
-DESIGN.md section 5.
+docs/design.md section 5.
 
 One config switch, ``strategy``:
 

@@ -1,7 +1,7 @@
 """The training configuration: nested frozen dataclasses, read from YAML with ``--set`` overrides.
 
 ``agentrl train --config FILE.yaml [--set key=value ...]`` takes its settings from here. The module sits
-at the bottom of the import graph with ``types`` (DESIGN.md section 3) and imports no torch, so
+at the bottom of the import graph with ``types`` (docs/design.md section 3) and imports no torch, so
 ``--help`` stays instant; only ``to_runner_config`` and the rollout checks reach up to the torch-free
 ``agentrl.runner`` and ``agentrl.compaction``, inside functions.
 

@@ -1,4 +1,4 @@
-"""The critic and the reference policy, both built from the policy (DESIGN.md sections 6 and 8).
+"""The critic and the reference policy, both built from the policy (docs/design.md sections 6 and 8).
 
 - ``ValueModel`` (``model.critic: separate``): a copy of the policy's backbone (the Hugging Face base
   model under the language-model head, e.g. ``Qwen2Model``) with a scalar ``Linear(hidden, 1)`` head.

@@ -1,6 +1,6 @@
 """The environment API: the ``Env`` protocol the runner relies on, ``ToolEnv`` to subclass, ``check_env``.
 
-Gymnasium-shaped (DESIGN.md section 4) with text in and out: ``reset(*, seed, options)`` returns the
+Gymnasium-shaped (docs/design.md section 4) with text in and out: ``reset(*, seed, options)`` returns the
 task text (the first user message) and an info dict with a ``task_id``; ``step(action)`` takes the
 model's whole assistant text for one turn and returns a ``StepResult`` whose observation is the messages
 appended to the conversation (tool results and/or a user message). Two optional hooks:

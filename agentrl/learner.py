@@ -9,7 +9,7 @@ What the train loop calls, in order, each iteration (``step`` does exactly this)
     # (PPO, the first ppo.value_pretrain_steps iterations: learner.pretrain_critic(rows) instead of both
     #  updates; the policy does not move.)
 
-PPO and GRPO differ only in ``prepare`` (where the advantages come from, DESIGN.md sections 6 and 7):
+PPO and GRPO differ only in ``prepare`` (where the advantages come from, docs/design.md sections 6 and 7):
 
 - PPO: the critic's values of every row (``batch.evaluate_values``); skip-observation GAE over whole
   episodes (``advantages.episode_gae``) twice, with decoupled lambdas: advantages with ``ppo.actor_lam``
@@ -22,7 +22,7 @@ The policy update is the clipped surrogate (clip-higher, dual clip) plus ``kl_be
 reference when a KL term is on, aggregated with the configured mode. Each mini-batch is split into
 micro-batches of at most ``optim.micro_batch_tokens`` padded tokens (``batch.pack``); each micro-batch
 loss is divided by the mini-batch's global normaliser (policy tokens, rows) and back-propagated, so the
-accumulated gradient is the mini-batch's whatever the micro-batch size (DESIGN.md section 7).
+accumulated gradient is the mini-batch's whatever the micro-batch size (docs/design.md section 7).
 
 Choices that affect results:
 - ``old_logprobs`` are the log-probabilities recorded when sampling (the behaviour policy), not

@@ -1,4 +1,4 @@
-"""Training metrics: ``metrics.jsonl``, TensorBoard events and a progress line (DESIGN.md section 9).
+"""Training metrics: ``metrics.jsonl``, TensorBoard events and a progress line (docs/design.md section 10).
 
 Every key is a constant below, namespaced ``rollout/``, ``policy/``, ``critic/``, ``adv/``, ``credit/``,
 ``perf/`` (plus ``skipped_updates`` and ``grad_norm/``), and described in docs/metrics.md; ``ALL_KEYS``

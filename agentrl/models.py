@@ -1,4 +1,4 @@
-"""Hugging Face causal LMs: the default tiny models and loading any model directory (DESIGN.md section 8).
+"""Hugging Face causal LMs: the default tiny models and loading any model directory (docs/design.md section 8).
 
 The default model on a CPU is a real architecture (Qwen2) built from a config in a few named sizes and
 randomly initialised, with a byte-level BPE tokenizer trained locally on the built-in environments' text

@@ -1,4 +1,4 @@
-"""The episode runner: drives many multi-turn episodes at once through one ``Sampler`` (DESIGN.md 2, 5).
+"""The episode runner: drives many multi-turn episodes at once through one ``Sampler`` (docs/design.md 2, 5).
 
 An explicit state machine. Every episode in flight is in one phase:
 

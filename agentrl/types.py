@@ -1,6 +1,6 @@
 """The records that cross module boundaries: messages, tool calls, sub-traces and episodes.
 
-One token-stream convention (DESIGN.md section 2): a sub-trace is one context window, a flat list of
+One token-stream convention (docs/design.md section 2): a sub-trace is one context window, a flat list of
 token ids with a 0/1 ``loss_mask`` (1 = sampled by the policy), the log-probabilities recorded when
 those tokens were sampled, and sparse per-token rewards. An episode is the ordered list of its
 sub-traces. Everything is validated on construction, so a malformed record fails where it is made,
