@@ -9,6 +9,10 @@ A checkpoint is ``RUN_DIR/checkpoints/iter_000123/`` (docs/design.md sections 8,
 
 ``RUN_DIR/checkpoints/latest`` names the newest checkpoint directory.
 
+Retention (``run.keep_checkpoints``, ``run.keep_best``): after each save the trainer keeps the newest k
+checkpoints and the one whose iteration scored best on a named metric (``best_checkpoint``), and
+removes the others (``prune_checkpoints``).
+
 How a save stays atomic: everything is written into ``iter_000123.tmp-<pid>`` next to the final
 directory, every file is fsynced, ``COMPLETE`` is written and fsynced last, the directory is renamed to
 its final name with ``os.replace`` (atomic within one filesystem), and only then is ``latest`` replaced
@@ -29,7 +33,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,21 +312,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def prune_checkpoints(run_dir: str | Path, *, keep_last: int) -> list[Path]:
-    """Remove all but the ``keep_last`` highest-iteration complete checkpoints, never the latest one;
-    return the removed paths. Each is first renamed to a ``*.tmp-*`` name (one atomic step, after which
-    it is no checkpoint), then deleted."""
+def prune_checkpoints(run_dir: str | Path, *, keep_last: int, also_keep: Iterable[Path] = ()) -> list[Path]:
+    """Remove all but the ``keep_last`` highest-iteration complete checkpoints and those in
+    ``also_keep``, never the latest one; return the removed paths. Each is first renamed to a
+    ``*.tmp-*`` name (one atomic step, after which it is no checkpoint), then deleted."""
     if keep_last < 1:
         raise ValueError(f"keep_last: expected an int >= 1, got {keep_last}")
     latest = latest_checkpoint(run_dir)
+    spared = {Path(p).resolve() for p in also_keep}
     others = [p for p in list_checkpoints(run_dir) if p != latest]
     keep = keep_last - 1 if latest is not None else keep_last
-    doomed = others[: max(len(others) - keep, 0)]
+    doomed = [p for p in others[: max(len(others) - keep, 0)] if p.resolve() not in spared]
     for path in doomed:
         trash = path.with_name(f"{path.name}.tmp-{os.getpid()}-pruned")
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
+
+
+def best_checkpoint(run_dir: str | Path, records: Iterable[Mapping[str, Any]], metric: str, *,
+                    mode: str = "max") -> Path | None:
+    """The complete checkpoint whose iteration's ``metric`` (in ``records``, ``metrics.jsonl``'s) is the
+    highest (``mode="max"``) or lowest (``"min"``); the newest on a tie (as good, and trained longer); None when no checkpointed
+    iteration has a finite value of it."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode: expected max or min, got {mode!r}")
+    values = {r["iteration"]: r.get(metric) for r in records}
+    best, best_value = None, None
+    for path in list_checkpoints(run_dir):
+        value = values.get(checkpoint_iteration(path))
+        if value is None or value != value:  # not logged, or not finite (null / NaN)
+            continue
+        if best_value is None or (value >= best_value if mode == "max" else value <= best_value):
+            best, best_value = path, value
+    return best
 
 
 # ----------------------------------------------------------------------------------------------------

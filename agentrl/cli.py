@@ -35,12 +35,24 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _cmd_init_model(args: argparse.Namespace) -> int:
-    from agentrl.models import init_model
+    from agentrl.models import CORPUS_ENVS, build_corpus, init_model
+    from agentrl.registry import make
 
-    out = init_model(args.out, size=args.size, seed=args.seed, vocab_size=args.vocab_size)
+    corpus = None
+    if args.env:  # the user's environments join the built-in ones, so their text tokenises as compactly
+        options = dict(_parse_option(o) for o in args.env_option)
+        for name in args.env:
+            make(name, **options)  # an unknown env or option fails here, with its own message
+        names = [*CORPUS_ENVS, *(n for n in args.env if n not in CORPUS_ENVS)]
+        corpus = build_corpus(names, options={name: options for name in args.env})
+    elif args.env_option:
+        raise ValueError("--env-option: options are for --env environments; none given")
+    out = init_model(args.out, size=args.size, seed=args.seed, vocab_size=args.vocab_size, corpus=corpus)
     info = json.loads((out / "agentrl_model.json").read_text())
+    cap = "" if info["vocab_size"] >= args.vocab_size else \
+        f" of at most {args.vocab_size}: the corpus ran out of merges first"
     print(f"wrote a {info['size']} model ({info['num_parameters']:,} parameters, vocabulary "
-          f"{info['vocab_size']}) to {out}")
+          f"{info['vocab_size']}{cap}) to {out}")
     return 0
 
 
@@ -53,7 +65,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes: expected an int >= 1, got {args.episodes}")
     check_output_file(args.out, "--out")  # before the evaluation, whose episodes would be lost
     options = dict(_parse_option(o) for o in args.env_option)
-    config = _runner_config(args, CompactionConfig(strategy=args.compaction, keep_last_turns=args.keep_last))
+    config = _runner_config(args, CompactionConfig(strategy=args.compaction, keep_last_turns=args.keep_last,
+                                                  max_summary_tokens=args.max_summary_tokens))
     make(args.env, **options)  # an unknown env or option fails here, before the model loads
 
     from agentrl.backends import make_sampler
@@ -174,11 +187,56 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default, except where there is none to show (unset, a flag off,
+    an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or action.default in (None, False, []) \
+                or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _command(commands: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    """A sub-parser whose ``--help`` starts with ``text`` and shows the defaults."""
+    return commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                               formatter_class=_HelpFormatter)
+
+
+def _add_env_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", required=True,
+                   help="a registered environment (agentrl envs) or module:attr of an environment class")
+    p.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment option; repeatable (values read as JSON when they parse)")
+
+
+def _add_runner_flags(p: argparse.ArgumentParser, *, keep_last: int, max_summary_tokens: int,
+                      max_response_tokens: int, context_budget: int) -> None:
+    """The rollout budgets ``eval`` and ``sft`` share (``RunnerConfig``; docs/runner.md)."""
+    p.add_argument("--compaction", default="policy", help="policy, env, keep_last or none")
+    p.add_argument("--keep-last", type=int, default=keep_last, help="turns kept verbatim after a compaction")
+    p.add_argument("--max-summary-tokens", type=int, default=max_summary_tokens,
+                   help="the most tokens of a policy summary; kept free in every window with policy compaction")
+    p.add_argument("--max-response-tokens", type=int, default=max_response_tokens,
+                   help="the most tokens of one response (an action)")
+    p.add_argument("--context-budget", type=int, default=context_budget,
+                   help="tokens in one context window (a sub-trace); compaction keeps each window within it")
+    p.add_argument("--max-turns", type=int, default=32, help="policy turns per episode before it is cut")
+    p.add_argument("--max-total-tokens", type=int, default=None,
+                   help="tokens per episode over all its windows before it is cut (default: no cap)")
+    p.add_argument("--max-compactions", type=int, default=8, help="compactions per episode before it is cut")
+    p.add_argument("--max-concurrent", type=int, default=64, help="episodes played at once")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+
+
 def _add_view_parser(commands: argparse._SubParsersAction) -> None:
-    view = commands.add_parser("view", help="look at a run's episodes, token by token, in a web page")
+    view = _command(commands, "view", "look at a run's episodes, token by token, in a web page")
     view.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or an agentrl compare output")
-    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    view.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    view.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
     view.add_argument("--export", metavar="FILE.html",
                       help="write one self-contained page instead of serving (opens with the network off)")
     view.add_argument("--max-episodes", type=int, default=200,
@@ -188,10 +246,8 @@ def _add_view_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
     # The defaults are agentrl.sft's DEFAULT_* (a test checks it), written out so --help imports no torch.
-    sft = commands.add_parser("sft", help="fine-tune a model on an environment's expert episodes")
-    sft.add_argument("--env", required=True, help="a registered environment (see agentrl envs)")
-    sft.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
-                     help="an environment option; repeatable (values read as JSON when they parse)")
+    sft = _command(commands, "sft", "fine-tune a model on an environment's expert episodes")
+    _add_env_flags(sft)
     sft.add_argument("--model", help="a Hugging Face causal LM directory (default: a fresh default model)")
     sft.add_argument("--size", default="tiny", help="the fresh default model's size: tiny or small")
     sft.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
@@ -201,25 +257,14 @@ def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("--lr-schedule", default="constant",
                      help="constant, or cosine (from --lr to 0 at the last step); after any warm-up")
     sft.add_argument("--warmup-steps", type=int, default=0, help="optimiser steps of linear warm-up")
-    sft.add_argument("--seed", type=int, default=0)
+    sft.add_argument("--seed", type=int, default=0, help="seeds the demonstrations, the model and the order")
     sft.add_argument("--eval-episodes", type=int, default=32,
                      help="held-out episodes played before and after (0: no evaluation)")
     sft.add_argument("--heldout-demos", type=int, default=16,
                      help="expert episodes on held-out seeds whose NLL is printed after each epoch (0: none)")
-    sft.add_argument("--compaction", default="policy", help="policy, env, keep_last or none")
     # Budgets of examples/*_graph_nav.yaml: the graph_nav small expert finishes every demonstration in them
     # (with 128-token responses and summaries kept twice, the 1024-token window left it 12 of 32).
-    sft.add_argument("--keep-last", type=int, default=1, help="turns kept verbatim after a compaction")
-    sft.add_argument("--max-summary-tokens", type=int, default=64, help="the most tokens of a summary")
-    sft.add_argument("--max-response-tokens", type=int, default=48)
-    sft.add_argument("--context-budget", type=int, default=1024)
-    sft.add_argument("--max-turns", type=int, default=32)
-    sft.add_argument("--max-total-tokens", type=int, default=None)
-    sft.add_argument("--max-compactions", type=int, default=8)
-    sft.add_argument("--max-concurrent", type=int, default=64)
-    sft.add_argument("--temperature", type=float, default=1.0,
-                     help="the sampling temperature of the evaluation (and of the fitted distribution)")
-    sft.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass of the evaluation")
+    _add_runner_flags(sft, keep_last=1, max_summary_tokens=64, max_response_tokens=48, context_budget=1024)
     sft.set_defaults(func=_cmd_sft)
 
 
@@ -230,51 +275,56 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reinforcement learning of LLM agents on long, multi-step, tool-using tasks.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    envs = commands.add_parser("envs", help="list the registered environments, one line each")
+    envs = _command(commands, "envs", "list the registered environments, one line each")
     envs.set_defaults(func=_cmd_envs)
 
-    init = commands.add_parser("init-model", help="write a default tiny model and its tokenizer")
+    init = _command(commands, "init-model", "write a default tiny model and its tokenizer")
     init.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     init.add_argument("--size", default="tiny", help="tiny (~1M parameters) or small (~10M)")
     init.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    init.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary to train")
+    init.add_argument("--vocab-size", type=int, default=2048,
+                      help="the most tokens of the trained tokenizer; a small corpus runs out of merges "
+                           "first (the built-in corpus gives about 1,200)")
+    init.add_argument("--env", action="append", default=[], metavar="NAME",
+                      help="add this environment's expert episodes to the tokenizer's corpus (a registered "
+                           "name or module:attr); repeatable")
+    init.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="an option of every --env environment; repeatable")
     init.set_defaults(func=_cmd_init_model)
 
-    ev = commands.add_parser("eval", help="run episodes of an environment with a model and report")
-    ev.add_argument("--env", required=True, help="a registered environment (see agentrl envs)")
+    ev = _command(commands, "eval", "run episodes of an environment with a model and report")
+    _add_env_flags(ev)
     ev.add_argument("--model", required=True, help="a Hugging Face causal LM directory")
     ev.add_argument("--episodes", type=int, default=8, help="how many episodes (seeds seed..seed+N-1)")
-    ev.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="an environment option; repeatable (values read as JSON when they parse)")
-    ev.add_argument("--compaction", default="policy", help="policy, env, keep_last or none")
-    ev.add_argument("--keep-last", type=int, default=2, help="turns kept verbatim after a compaction")
-    ev.add_argument("--max-response-tokens", type=int, default=128)
-    ev.add_argument("--context-budget", type=int, default=1024)
-    ev.add_argument("--max-turns", type=int, default=32)
-    ev.add_argument("--max-total-tokens", type=int, default=None)
-    ev.add_argument("--max-compactions", type=int, default=8)
-    ev.add_argument("--max-concurrent", type=int, default=64)
-    ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy")
-    ev.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    _add_runner_flags(ev, keep_last=2, max_summary_tokens=128, max_response_tokens=128, context_budget=1024)
     ev.add_argument("--backend", choices=("torch", "vllm"), default="torch",
                     help="the sampler: the model in this process (torch) or a vLLM engine (docs/vllm.md)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="the first task seed, and the sampling seed")
     ev.add_argument("--out", default="episodes.jsonl", help="where to write the episodes (JSONL)")
     ev.set_defaults(func=_cmd_eval)
 
-    tr = commands.add_parser("train", help="train a policy with PPO or GRPO from a YAML config")
-    tr.add_argument("--config", help="a YAML config (see examples/*.yaml and agentrl/config.py)")
+    tr = _command(commands, "train", "train a policy with PPO or GRPO from a YAML config")
+    tr.add_argument("--config", help="a YAML config (see examples/*.yaml and docs/training.md)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. ppo.clip_high=0.3; repeatable")
-    tr.add_argument("--iterations", type=int, help="override run.iterations")
+    tr.add_argument("--iterations", type=int,
+                    help="override run.iterations (policy iterations; PPO runs its ppo.value_pretrain_steps "
+                         "critic-only iterations first, on top)")
     tr.add_argument("--run-dir", help="override run.run_dir (default runs/<run.name>)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     tr.add_argument("--quiet", action="store_true", help="no progress line")
     tr.set_defaults(func=_cmd_train)
 
-    cmp = commands.add_parser("compare", help="train PPO and GRPO (and variants) on one budget; report")
+    _add_compare_parser(commands)
+    _add_sft_parser(commands)
+    _add_view_parser(commands)
+    return parser
+
+
+def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    cmp = _command(commands, "compare", "train PPO and GRPO (and variants) on one budget; report")
     cmp.add_argument("--env", required=True, help="environment; configs: <config-dir>/<algo>_<env>.yaml")
-    cmp.add_argument("--algos", default="ppo,grpo", help="comma-separated algorithms (default ppo,grpo)")
+    cmp.add_argument("--algos", default="ppo,grpo", help="comma-separated algorithms")
     cmp.add_argument("--seeds", type=int, default=3, help="runs per arm, run.seed 0..K-1")
     cmp.add_argument("--budget", type=int, default=1024, help="environment steps per run (run.max_env_steps)")
     cmp.add_argument("--model", help="the starting model of every run (default: a fresh tiny model)")
@@ -287,9 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", help="output directory (default runs/compare_<env>)")
     cmp.add_argument("--quiet", action="store_true", help="no per-iteration progress line")
     cmp.set_defaults(func=_cmd_compare)
-    _add_sft_parser(commands)
-    _add_view_parser(commands)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

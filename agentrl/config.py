@@ -226,6 +226,11 @@ class RunSection(_Section):
             iteration, ``rollout/env_steps``): the run stops after the iteration that reaches it, and
             checkpoints there; null: no budget, ``iterations`` alone decides. ``agentrl compare`` gives
             every run the same budget.
+        keep_checkpoints: keep the newest this many checkpoints (plus the best one, below) and remove
+            older ones after each save; null: keep every checkpoint.
+        keep_best: a metric (a ``metrics.jsonl`` key, e.g. ``rollout/success_rate``): the checkpoint
+            whose iteration scored best on it is kept too, however old; null: none kept for it.
+        best_mode: ``max`` (higher is better) or ``min``, for ``keep_best``.
     """
 
     SECTION: ClassVar[str] = "run"
@@ -235,6 +240,9 @@ class RunSection(_Section):
     checkpoint_every: int = 10
     run_dir: str | None = None
     max_env_steps: int | None = None
+    keep_checkpoints: int | None = 3
+    keep_best: str | None = "rollout/success_rate"
+    best_mode: Literal["max", "min"] = "max"
 
     def _validate(self) -> None:
         self._check("name", _NAME_RE.fullmatch(self.name) is not None,
@@ -245,6 +253,10 @@ class RunSection(_Section):
         self._check("run_dir", self.run_dir is None or self.run_dir.strip() != "", "null or a non-empty path")
         self._check("max_env_steps", self.max_env_steps is None or self.max_env_steps >= 1,
                     "null or an int >= 1")
+        self._check("keep_checkpoints", self.keep_checkpoints is None or self.keep_checkpoints >= 1,
+                    "null or an int >= 1")
+        self._check("keep_best", self.keep_best is None or re.fullmatch(r"[a-z_]+/[\w/+.-]+", self.keep_best)
+                    is not None, "null or a metric key such as rollout/success_rate")
 
     @property
     def dir(self) -> Path:

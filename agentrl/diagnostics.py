@@ -15,6 +15,7 @@ A slot with no policy token in the batch is left out (no key), so a run without 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -26,15 +27,16 @@ from agentrl.types import Episode
 
 
 def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> float:
-    """``1 - Var(R - V) / Var(R)`` over 1-D tensors (population variances, float64); 0 when the returns
-    have (numerically) no variance: a std below ``1e-6`` times their scale, where float rounding alone
-    would make the ratio explode."""
+    """``1 - Var(R - V) / Var(R)`` over 1-D tensors (population variances, float64); NaN, undefined, when
+    there are no returns or they have (numerically) no variance: a std below ``1e-3`` times their scale
+    (at least 1), where the ratio says nothing but how small ``Var(R)`` is (returns of 0 but for one
+    token made it -60). NaN is written as ``null`` and printed as ``ev=undefined``."""
     r, v = returns.double(), values.double()
     if r.numel() == 0:
-        return 0.0
+        return math.nan
     return_std, residual_std = float(r.std(correction=0)), float((r - v).std(correction=0))
     scale = max(abs(float(r.mean())), return_std, 1.0)
-    return 1.0 - residual_std**2 / return_std**2 if return_std > 1e-6 * scale else 0.0
+    return 1.0 - residual_std**2 / return_std**2 if return_std > 1e-3 * scale else math.nan
 
 
 def slot_of(sub_trace_index: int) -> str:

@@ -290,6 +290,11 @@ class MetricsLogger:
         progress: print the progress line to ``stream`` after each ``log``.
         resume_from_iteration: resuming after this iteration: drop later lines and TensorBoard steps.
         stream: where the progress line goes (stderr).
+        label: a name that starts every progress line (the run's name), so the lines of several runs
+            (``agentrl compare``) say whose they are.
+        max_env_steps: the run's budget of environment steps; the bar and the ETA then follow whichever
+            of the iterations and the budget will end the run first (the records' ``rollout/env_steps``).
+        start_env_steps: the environment steps already taken when the logger starts (a resumed run).
     """
 
     def __init__(
@@ -301,6 +306,9 @@ class MetricsLogger:
         progress: bool = True,
         resume_from_iteration: int | None = None,
         stream: TextIO | None = None,
+        label: str | None = None,
+        max_env_steps: int | None = None,
+        start_env_steps: int = 0,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -308,6 +316,9 @@ class MetricsLogger:
         self.total_iterations = total_iterations
         self.progress = progress
         self.stream = stream
+        self.label = label
+        self.max_env_steps = max_env_steps
+        self.start_env_steps = start_env_steps
         self._start = time.monotonic()
         self._first_iteration: int | None = None
         if resume_from_iteration is None:
@@ -319,8 +330,9 @@ class MetricsLogger:
         self._writer = _summary_writer(self.run_dir / TENSORBOARD_DIR, resume_from_iteration) \
             if tensorboard else None
 
-    def log(self, iteration: int, metrics: Mapping[str, Any]) -> dict[str, float]:
-        """Record one iteration's ``metrics`` (numbers by key); return them as floats."""
+    def log(self, iteration: int, metrics: Mapping[str, Any], *, note: str | None = None) -> dict[str, float]:
+        """Record one iteration's ``metrics`` (numbers by key); return them as floats. ``note`` ends the
+        progress line (``critic pre-training``)."""
         if "iteration" in metrics:
             raise ValueError("metrics: 'iteration' is the record's own key, not a metric")
         values = {key: _as_float(key, value) for key, value in metrics.items()}
@@ -334,15 +346,24 @@ class MetricsLogger:
         if self.progress:
             if self._first_iteration is None:
                 self._first_iteration = iteration
-            print(progress_line(iteration, self.total_iterations, values, eta_s=self._eta(iteration)),
-                  file=self.stream or sys.stderr, flush=True)
+            line = progress_line(iteration, self.total_iterations, values, eta_s=self._eta(iteration, values),
+                                 label=self.label, max_env_steps=self.max_env_steps)
+            print(line + (f" ({note})" if note else ""), file=self.stream or sys.stderr, flush=True)
         return values
 
-    def _eta(self, iteration: int) -> float | None:
+    def _eta(self, iteration: int, values: Mapping[str, float]) -> float | None:
+        """Seconds left: the mean time per iteration so far times the iterations left, or, with a
+        budget, the time per environment step times the steps left, whichever is sooner."""
         if self.total_iterations is None or self._first_iteration is None:
             return None
+        elapsed = time.monotonic() - self._start
         done = iteration - self._first_iteration + 1
-        return (time.monotonic() - self._start) / done * max(self.total_iterations - iteration, 0)
+        eta = elapsed / done * max(self.total_iterations - iteration, 0)
+        steps = values.get(ROLLOUT_ENV_STEPS)
+        if self.max_env_steps is not None and steps is not None and steps > self.start_env_steps:
+            per_step = elapsed / (steps - self.start_env_steps)
+            eta = min(eta, per_step * max(self.max_env_steps - steps, 0.0))
+        return eta
 
     def close(self) -> None:
         """Flush and close the file and the TensorBoard writer."""
@@ -427,9 +448,9 @@ PROGRESS_FIELDS = (
     ("success", ROLLOUT_SUCCESS_RATE, ".2f"),
     ("turns", ROLLOUT_TURNS_MEAN, ".3g"),
     ("policy_loss", POLICY_LOSS, ".3g"),
-    ("kl", POLICY_APPROX_KL, ".2g"),
+    ("kl_old", POLICY_APPROX_KL, ".2g"),  # to the policy that sampled, not to the reference
     ("critic_loss", CRITIC_LOSS, ".3g"),
-    ("ev", CRITIC_EXPLAINED_VARIANCE, ".2f"),
+    ("ev", CRITIC_EXPLAINED_VARIANCE, ".2f"),  # NaN when the returns have no variance: "undefined"
     ("tok/s", PERF_TOKENS_PER_S, ".0f"),
 )
 
@@ -441,17 +462,29 @@ def progress_line(
     *,
     width: int = 20,
     eta_s: float | None = None,
+    label: str | None = None,
+    max_env_steps: int | None = None,
 ) -> str:
-    """One line: a bar ``[#####-----] 5/10`` (``iter 5`` without a total), the key metrics present in
-    ``metrics`` as ``label=value``, and the ETA when given."""
+    """One line: the run's ``label``, a bar ``[#####-----] 5/10`` (``iter 5`` without a total), with a
+    budget the environment steps ``steps=480/960`` (the bar fills by whichever of iterations and steps is
+    further along), the key metrics present in ``metrics`` as ``name=value``, and the ETA when given."""
+    parts = [label] if label else []
+    steps = metrics.get(ROLLOUT_ENV_STEPS)
     if total is not None and total > 0:
-        filled = min(max(round(width * iteration / total), 0), width)
-        parts = [f"[{'#' * filled}{'-' * (width - filled)}] {iteration}/{total}"]
+        done = iteration / total
+        if max_env_steps is not None and steps is not None and math.isfinite(steps):
+            done = max(done, steps / max_env_steps)
+        filled = min(max(round(width * done), 0), width)
+        parts.append(f"[{'#' * filled}{'-' * (width - filled)}] {iteration}/{total}")
     else:
-        parts = [f"iter {iteration}"]
-    for label, key, fmt in PROGRESS_FIELDS:
+        parts.append(f"iter {iteration}")
+    if max_env_steps is not None and steps is not None and math.isfinite(steps):
+        parts.append(f"steps={int(steps)}/{max_env_steps}")
+    for name, key, fmt in PROGRESS_FIELDS:
         if key in metrics:
-            parts.append(f"{label}={metrics[key]:{fmt}}")
+            value = metrics[key]
+            undefined = key == CRITIC_EXPLAINED_VARIANCE and math.isnan(value)
+            parts.append(f"{name}=undefined" if undefined else f"{name}={value:{fmt}}")
     if eta_s is not None and math.isfinite(eta_s):
         parts.append(f"eta={_duration(eta_s)}")
     return " ".join(parts)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,16 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_PRETOKENIZE_REGEX
+from transformers.utils import logging as hf_logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from agentrl.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END, SPECIAL_TOKENS, TAG_TOKENS, message_dicts
 from agentrl.compaction import SUMMARY_REQUEST, summary_message
 from agentrl.types import Message
+
+# transformers draws a bar for every load ("Loading weights") and save ("Writing model shards"): one per
+# checkpoint and evaluation, noise between agentrl's own progress lines, which say what is happening.
+hf_logging.disable_progress_bar()
 
 MODEL_INFO_FILE = "agentrl_model.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -179,12 +184,13 @@ def expert_conversation(env: Any, *, seed: int, max_turns: int) -> tuple[list[Me
 
 
 def build_corpus(
-    env_names: Sequence[str] | None = None, *, seeds: Sequence[int] = (0, 1, 2), max_turns: int = 60
+    env_names: Sequence[str] | None = None, *, seeds: Sequence[int] = (0, 1, 2), max_turns: int = 60,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Text to train the default tokenizer on: expert episodes of environments, rendered.
 
-    Each environment (``CORPUS_ENVS`` when ``env_names`` is None) is made with its default options and
-    played by its expert from each seed; each episode is rendered through ``CHAT_TEMPLATE`` into one text,
+    Each environment (``CORPUS_ENVS`` when ``env_names`` is None) is made with its ``options[name]``
+    (default: none) and played by its expert from each seed; each episode is rendered through ``CHAT_TEMPLATE`` into one text,
     followed by a compaction as the runner writes it. The default list is fixed, not "whatever is
     registered", so the default tokenizer is the same on every machine: it leaves out the ``gym`` adapter,
     whose gymnasium dependency is optional, and any environment a user registers.
@@ -198,7 +204,7 @@ def build_corpus(
         raise ValueError("seeds: expected at least one seed")
     corpus = []
     for name in names:
-        env = make(name)
+        env = make(name, **dict((options or {}).get(name, {})))
         for seed in seeds:
             messages, schemas = expert_conversation(env, seed=seed, max_turns=max_turns)
             corpus.append(render_conversation(messages, schemas, add_generation_prompt=True))

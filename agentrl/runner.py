@@ -422,7 +422,9 @@ class Runner:
             return Failure(
                 task,
                 f"the prompt has {len(prompt)} tokens and leaves no room for a response of "
-                f"{self.config.max_response_tokens} in context_budget={self.config.context_budget}",
+                f"{self.config.max_response_tokens} in context_budget={self.config.context_budget}"
+                + (f" with {self._reserve} kept for the summary turn (policy compaction: its request "
+                   "and max_summary_tokens)" if self._reserve else ""),
             )
         run = _Run(index, task, env, task_id, task_text, system, tools)
         if cleaned:

@@ -46,10 +46,12 @@ from agentrl.backends import make_sampler
 from agentrl.chat import ChatFormat
 from agentrl.checkpoint import (
     TrainerState,
+    best_checkpoint,
     capture_rng,
     latest_checkpoint,
     list_checkpoints,
     load_trainer_state,
+    prune_checkpoints,
     restore_rng,
     save_checkpoint,
 )
@@ -66,6 +68,7 @@ from agentrl.episodes import save_episodes
 from agentrl.guards import DivergenceError, check_advantages, check_models, largest_weight
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
+    ALL_KEYS,
     PERF_WEIGHT_SYNC_S,
     ROLLOUT_ENV_STEPS,
     ROLLOUT_EPISODES,
@@ -196,6 +199,9 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     says so); a fresh start refuses a directory that holds a checkpoint or logged metrics."""
     run_dir = cfg.run_dir
     check_writable_dir(run_dir, "run.run_dir")
+    if cfg.run.keep_best is not None and cfg.run.keep_best not in ALL_KEYS:
+        raise ValueError(f"run.keep_best: {cfg.run.keep_best!r} is no logged metric (docs/metrics.md lists "
+                         "them, e.g. rollout/success_rate)")
     device = device_for(cfg.model.device)
     if not resume and _holds_run(run_dir):
         raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
@@ -231,8 +237,10 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     sampler = make_sampler(cfg.rollout.backend, policy, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
     runner = Runner(sampler, chat, cfg.to_runner_config())
     logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
-                           resume_from_iteration=iteration if resume else None)
+                           resume_from_iteration=iteration if resume else None, label=cfg.run.name,
+                           max_env_steps=cfg.run.max_env_steps)
     env_steps = _restore_records(logger, iteration, extra) if resume else 0
+    logger.start_env_steps = env_steps
     largest = extra.get("initial_largest_weight", largest_weight(policy))
     return Trainer(cfg, run_dir, policy, tokenizer, critic, learner, runner, chat, logger, iteration,
                    env_steps, largest)
@@ -385,6 +393,18 @@ def checkpoint(t: Trainer, iteration: int, record: dict[str, float] | None = Non
     )
 
 
+def retain_checkpoints(run_dir: Path, cfg: TrainConfig) -> list[Path]:
+    """Remove the checkpoints ``run.keep_checkpoints`` and ``run.keep_best`` do not keep (the newest k,
+    and the best by the named metric over the logged records); returns the removed ones."""
+    keep = cfg.run.keep_checkpoints
+    if keep is None:
+        return []
+    best = None
+    if cfg.run.keep_best is not None:
+        best = best_checkpoint(run_dir, read_metrics(run_dir), cfg.run.keep_best, mode=cfg.run.best_mode)
+    return prune_checkpoints(run_dir, keep_last=keep, also_keep=[best] if best is not None else [])
+
+
 def check_divergence(t: Trainer, iteration: int) -> None:
     """Raise ``DivergenceError`` when the iteration's update left a model diverged (agentrl.guards);
     the message names the parameter, says nothing was checkpointed, and what to change."""
@@ -403,10 +423,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     """Run (or resume) training to ``run.iterations``, or until ``run.max_env_steps`` environment steps
     are spent; returns the run directory."""
     t = build(cfg, resume=resume, progress=progress)
+    if progress:
+        print(plan_line(cfg), file=sys.stderr, flush=True)
     try:
         for iteration in range(t.iteration + 1, t.total_iterations + 1):
             if t.budget_spent:  # a resumed run that had finished its budget
                 break
+            pretraining = cfg.algorithm == "ppo" and t.learner.pretrain_steps_done < cfg.ppo.value_pretrain_steps
             metrics = run_iteration(t, iteration)
             t.env_steps += env_steps_of(metrics)
             metrics[ROLLOUT_ENV_STEPS] = float(t.env_steps)
@@ -417,16 +440,37 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 raise
             last = iteration == t.total_iterations or t.budget_spent
             every = cfg.run.checkpoint_every
-            if last or (every and iteration % every == 0):
+            saved = last or bool(every and iteration % every == 0)
+            if saved:
                 timer = PhaseTimer()
                 with timer.phase("checkpoint"):
                     checkpoint(t, iteration, metrics)
                 metrics |= timer.metrics()
-            t.logger.log(iteration, metrics)
+            t.logger.log(iteration, metrics, note="critic pre-training" if pretraining else None)
             t.iteration = iteration
+            if saved:
+                retain_checkpoints(t.run_dir, cfg)
     finally:
         t.logger.close()
     return t.run_dir
+
+
+def plan_line(cfg: TrainConfig) -> str:
+    """What the run will do, in one line: its iterations (PPO's critic-only ones counted apart), the
+    budget that may stop it first, and where it writes."""
+    pretrain = cfg.ppo.value_pretrain_steps if cfg.algorithm == "ppo" else 0
+    parts = [f"{cfg.run.name}: {cfg.algorithm.upper()},"]
+    if pretrain:
+        parts.append(f"{pretrain} critic-only iteration{'s' if pretrain > 1 else ''} "
+                     "(ppo.value_pretrain_steps), then")
+    parts.append(f"{cfg.run.iterations} policy iteration{'s' if cfg.run.iterations > 1 else ''} "
+                 "(run.iterations)")
+    if cfg.run.max_env_steps is not None:
+        parts.append(f"or {cfg.run.max_env_steps} environment steps (run.max_env_steps), whichever comes first;")
+    else:
+        parts[-1] += ";"
+    parts.append(f"writing {cfg.run_dir}")
+    return " ".join(parts)
 
 
 def config_for(config: str | None, overrides: list[str], *, iterations: int | None, run_dir: str | None,

@@ -22,6 +22,7 @@ from agentrl.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_trainer_state,
+    prune_checkpoints,
     restore_rng,
     save_checkpoint,
 )
@@ -228,3 +229,20 @@ def test_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(tmp_path):
     assert len(read_metrics(tmp_path / "a")) == 6
     names = ["iter_000002", "iter_000004", "iter_000006", "latest"]
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == names
+
+
+def test_retention_keeps_the_newest_and_the_best(tmp_path):
+    from agentrl.checkpoint import best_checkpoint
+
+    for i in range(1, 7):
+        _save_fake(tmp_path, i)
+    # success by iteration: iteration 2 is the best; 4 ties 5 (newest wins a tie); 6 has no value
+    records = [{"iteration": i, "rollout/success_rate": s}
+               for i, s in [(1, 0.1), (2, 0.9), (3, 0.2), (4, 0.5), (5, 0.5), (6, None)]]
+    best = best_checkpoint(tmp_path, records, "rollout/success_rate")
+    assert best is not None and best.name == "iter_000002"
+    assert best_checkpoint(tmp_path, records, "rollout/success_rate", mode="min").name == "iter_000001"
+    assert best_checkpoint(tmp_path, records[3:5], "rollout/success_rate").name == "iter_000005"
+    assert best_checkpoint(tmp_path, records, "no/such_metric") is None
+    prune_checkpoints(tmp_path, keep_last=2, also_keep=[best])
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["iter_000002", "iter_000005", "iter_000006"]

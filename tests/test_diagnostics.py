@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -42,7 +44,7 @@ def test_per_window_advantages_and_explained_variance():
     # R = [2, 0, 2], V = [1, 1, 2]: R - V = [1, -1, 0], Var = 2/3; Var(R) = 8/9 -> 1 - (2/3)/(8/9) = 0.25
     assert out["credit/sub_trace_0/explained_variance"] == pytest.approx(0.25)
     assert out["credit/sub_trace_1/adv_var"] == 0.0
-    assert out["credit/sub_trace_1/explained_variance"] == 0.0  # returns without variance: undefined -> 0
+    assert math.isnan(out["credit/sub_trace_1/explained_variance"])  # returns without variance: undefined
     assert out["credit/sub_trace_3+/adv_mean"] == pytest.approx(3.0)
     # R = [1, 3], V = [0, 0]: residual variance = Var(R) -> 0
     assert out["credit/sub_trace_3+/explained_variance"] == pytest.approx(0.0)
@@ -61,4 +63,9 @@ def test_grpo_rows_have_no_explained_variance_and_groups_are_counted():
 def test_slots_and_explained_variance_edges():
     assert [slot_of(i) for i in range(6)] == ["0", "1", "2", "3+", "3+", "3+"]
     assert explained_variance(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0])) == 1.0
-    assert explained_variance(torch.zeros(0), torch.zeros(0)) == 0.0
+    assert math.isnan(explained_variance(torch.zeros(0), torch.zeros(0)))
+    # returns 0 but for a 1e-5 blip (a KL penalty's size): Var(R) says nothing; the old formula gave -1e9
+    returns = torch.tensor([0.0, 0.0, 0.0, 1e-5])
+    assert math.isnan(explained_variance(returns, torch.tensor([0.1, -0.1, 0.2, 0.0])))
+    # a real spread of returns is still scored, however bad the values
+    assert explained_variance(torch.tensor([0.0, 1.0]), torch.tensor([3.0, -3.0])) == pytest.approx(-48.0)

@@ -144,12 +144,33 @@ def test_progress_line_format():
     metrics = {"rollout/reward_mean": 0.4213, "rollout/success_rate": 0.5, "policy/loss": -0.012345,
                "policy/approx_kl": 0.0011, "critic/loss": 0.31, "perf/tokens_per_s": 1834.4, "other": 1.0}
     assert progress_line(5, 10, metrics, width=10, eta_s=65) == (
-        "[#####-----] 5/10 reward=0.421 success=0.50 policy_loss=-0.0123 kl=0.0011 critic_loss=0.31 "
+        "[#####-----] 5/10 reward=0.421 success=0.50 policy_loss=-0.0123 kl_old=0.0011 critic_loss=0.31 "
         "tok/s=1834 eta=1m05s"
     )
     assert progress_line(3, None, {}) == "iter 3"
     assert progress_line(10, 10, {"rollout/reward_mean": float("nan")}, width=4) == "[####] 10/10 reward=nan"
     assert progress_line(1, 3, {}, width=6, eta_s=7200) == "[##----] 1/3 eta=2h00m00s"
+
+
+def test_progress_line_names_the_run_follows_the_budget_and_says_undefined():
+    metrics = {"rollout/env_steps": 300.0, "critic/explained_variance": float("nan")}
+    # iteration 1 of 10, but 300 of the 400 budgeted steps: the bar is 3/4 full
+    assert progress_line(1, 10, metrics, width=8, label="ppo_seed_0", max_env_steps=400) == (
+        "ppo_seed_0 [######--] 1/10 steps=300/400 ev=undefined"
+    )
+    assert progress_line(2, 4, {"critic/explained_variance": -0.5}, width=4) == "[##--] 2/4 ev=-0.50"
+
+
+def test_logger_eta_follows_the_step_budget(tmp_path, monkeypatch):
+    clock = iter([0.0, 10.0, 20.0])  # start, then 10 s per iteration
+    monkeypatch.setattr(M.time, "monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    with _logger(tmp_path, progress=True, total_iterations=100, stream=stream, max_env_steps=40) as logger:
+        logger.log(1, {"rollout/env_steps": 10.0})  # 10 s for 10 steps: 30 steps left -> 30 s, not 99 x 10 s
+        logger.log(2, {"rollout/env_steps": 20.0}, note="critic pre-training")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("steps=10/40 eta=30s")
+    assert lines[1].endswith("steps=20/40 eta=20s (critic pre-training)")
 
 
 def test_logger_prints_the_progress_line(tmp_path):
