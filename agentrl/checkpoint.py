@@ -333,8 +333,8 @@ def prune_checkpoints(run_dir: str | Path, *, keep_last: int, also_keep: Iterabl
 def best_checkpoint(run_dir: str | Path, records: Iterable[Mapping[str, Any]], metric: str, *,
                     mode: str = "max") -> Path | None:
     """The complete checkpoint whose iteration's ``metric`` (in ``records``, ``metrics.jsonl``'s) is the
-    highest (``mode="max"``) or lowest (``"min"``); the newest on a tie (as good, and trained longer); None when no checkpointed
-    iteration has a finite value of it."""
+    highest (``mode="max"``) or lowest (``"min"``); the newest on a tie (as good, and trained longer);
+    None when no checkpointed iteration has a finite value of it."""
     if mode not in ("max", "min"):
         raise ValueError(f"mode: expected max or min, got {mode!r}")
     values = {r["iteration"]: r.get(metric) for r in records}

@@ -218,7 +218,8 @@ def _add_runner_flags(p: argparse.ArgumentParser, *, keep_last: int, max_summary
     p.add_argument("--compaction", default="policy", help="policy, env, keep_last or none")
     p.add_argument("--keep-last", type=int, default=keep_last, help="turns kept verbatim after a compaction")
     p.add_argument("--max-summary-tokens", type=int, default=max_summary_tokens,
-                   help="the most tokens of a policy summary; kept free in every window with policy compaction")
+                   help="the most tokens of a policy summary (kept free in every window with policy "
+                        "compaction)")
     p.add_argument("--max-response-tokens", type=int, default=max_response_tokens,
                    help="the most tokens of one response (an action)")
     p.add_argument("--context-budget", type=int, default=context_budget,

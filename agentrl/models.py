@@ -1,4 +1,5 @@
-"""Hugging Face causal LMs: the default tiny models and loading any model directory (docs/design.md section 8).
+"""Hugging Face causal LMs: the default tiny models and loading any model directory (docs/design.md,
+section 8).
 
 The default model on a CPU is a real architecture (Qwen2) built from a config in a few named sizes and
 randomly initialised, with a byte-level BPE tokenizer trained locally on the built-in environments' text
@@ -190,8 +191,8 @@ def build_corpus(
     """Text to train the default tokenizer on: expert episodes of environments, rendered.
 
     Each environment (``CORPUS_ENVS`` when ``env_names`` is None) is made with its ``options[name]``
-    (default: none) and played by its expert from each seed; each episode is rendered through ``CHAT_TEMPLATE`` into one text,
-    followed by a compaction as the runner writes it. The default list is fixed, not "whatever is
+    (default: none) and played by its expert from each seed; each episode is rendered through
+    ``CHAT_TEMPLATE`` into one text, followed by a compaction as the runner writes it. The default list is fixed, not "whatever is
     registered", so the default tokenizer is the same on every machine: it leaves out the ``gym`` adapter,
     whose gymnasium dependency is optional, and any environment a user registers.
     """

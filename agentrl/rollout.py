@@ -1,6 +1,7 @@
 """Sampling backends: the ``Sampler`` protocol and the local torch backend with a per-session KV cache.
 
-A *session* is one context window (one sub-trace, docs/design.md section 2). The runner drives it turn by turn:
+A *session* is one context window (one sub-trace, docs/design.md, section 2). The runner drives it turn
+by turn:
 
     sid = sampler.open(prompt_ids)              # queued, not yet encoded
     gen = sampler.generate([sid, ...], params)  # encode what is queued, then sample a turn

@@ -429,7 +429,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         for iteration in range(t.iteration + 1, t.total_iterations + 1):
             if t.budget_spent:  # a resumed run that had finished its budget
                 break
-            pretraining = cfg.algorithm == "ppo" and t.learner.pretrain_steps_done < cfg.ppo.value_pretrain_steps
+            pretraining = (cfg.algorithm == "ppo"
+                           and t.learner.pretrain_steps_done < cfg.ppo.value_pretrain_steps)
             metrics = run_iteration(t, iteration)
             t.env_steps += env_steps_of(metrics)
             metrics[ROLLOUT_ENV_STEPS] = float(t.env_steps)
@@ -466,7 +467,8 @@ def plan_line(cfg: TrainConfig) -> str:
     parts.append(f"{cfg.run.iterations} policy iteration{'s' if cfg.run.iterations > 1 else ''} "
                  "(run.iterations)")
     if cfg.run.max_env_steps is not None:
-        parts.append(f"or {cfg.run.max_env_steps} environment steps (run.max_env_steps), whichever comes first;")
+        parts.append(f"or {cfg.run.max_env_steps} environment steps (run.max_env_steps), "
+                     "whichever comes first;")
     else:
         parts[-1] += ";"
     parts.append(f"writing {cfg.run_dir}")

@@ -254,7 +254,8 @@ RULES = [
     ("run.max_env_steps=0", "run.max_env_steps: expected null or an int >= 1, got 0"),
     ("run.max_env_steps=1.5", "run.max_env_steps: expected an int or null, got 1.5"),
     ("run.keep_checkpoints=0", "run.keep_checkpoints: expected null or an int >= 1, got 0"),
-    ("run.keep_best='success rate'", "run.keep_best: expected null or a metric key such as rollout/success_rate"),
+    ("run.keep_best='success rate'",
+     "run.keep_best: expected null or a metric key such as rollout/success_rate"),
     ("run.best_mode=highest", "run.best_mode: expected one of 'max', 'min', got 'highest'"),
     # model
     ("model.path=''", "model.path: expected null or a non-empty path, got ''"),

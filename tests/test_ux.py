@@ -43,7 +43,8 @@ def test_every_option_of_every_command_has_help_and_shows_its_default() -> None:
             if shown:
                 assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
     ev = " ".join(_subparsers(build_parser())["eval"].format_help().split())
-    for flag in ("--max-response-tokens", "--context-budget", "--max-turns", "--seed", "--max-summary-tokens"):
+    for flag in ("--max-response-tokens", "--context-budget", "--max-turns", "--seed",
+                 "--max-summary-tokens"):
         assert flag in ev
     assert "(default: 128)" in ev and "(default: 1024)" in ev
 
