@@ -192,9 +192,10 @@ def build_corpus(
 
     Each environment (``CORPUS_ENVS`` when ``env_names`` is None) is made with its ``options[name]``
     (default: none) and played by its expert from each seed; each episode is rendered through
-    ``CHAT_TEMPLATE`` into one text, followed by a compaction as the runner writes it. The default list is fixed, not "whatever is
-    registered", so the default tokenizer is the same on every machine: it leaves out the ``gym`` adapter,
-    whose gymnasium dependency is optional, and any environment a user registers.
+    ``CHAT_TEMPLATE`` into one text, followed by a compaction as the runner writes it. The default list
+    is fixed, not "whatever is registered", so the default tokenizer is the same on every machine: it
+    leaves out the ``gym`` adapter, whose gymnasium dependency is optional, and any environment a user
+    registers; ``agentrl init-model --env NAME`` adds a user's environment to it.
     """
     from agentrl.registry import make
 
