@@ -130,11 +130,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from agentrl.compare import compare
 
-    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    algos = None if args.algos is None else [a.strip() for a in args.algos.split(",") if a.strip()]
     report = compare(
         args.env, algos=algos, seeds=args.seeds, budget=args.budget, out=args.out, model=args.model,
-        config_dir=args.config_dir, overrides=args.set, variants=args.variant,
-        eval_episodes=args.eval_episodes, progress=not args.quiet,
+        config_dir=args.config_dir, configs=args.config, env_options=args.env_option, overrides=args.set,
+        variants=args.variant, eval_episodes=args.eval_episodes, progress=not args.quiet,
     )
     print(f"report written to {report}")
     return 0
@@ -324,12 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
     cmp = _command(commands, "compare", "train PPO and GRPO (and variants) on one budget; report")
-    cmp.add_argument("--env", required=True, help="environment; configs: <config-dir>/<algo>_<env>.yaml")
-    cmp.add_argument("--algos", default="ppo,grpo", help="comma-separated algorithms")
+    cmp.add_argument("--env", help="the environment of every run: a registered name or module:attr; it "
+                                   "replaces the configs' (and their options); without --config it also "
+                                   "names the configs, <config-dir>/<algo>_<env>.yaml")
+    cmp.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="an option of the environment (env.options.KEY); repeatable")
+    cmp.add_argument("--config", action="append", default=[], metavar="FILE",
+                     help="a config an arm starts from, one per algorithm (its `algorithm` says whose); "
+                          "repeatable")
+    cmp.add_argument("--algos", help="comma-separated algorithms (default: ppo,grpo, or those of --config)")
     cmp.add_argument("--seeds", type=int, default=3, help="runs per arm, run.seed 0..K-1")
     cmp.add_argument("--budget", type=int, default=1024, help="environment steps per run (run.max_env_steps)")
     cmp.add_argument("--model", help="the starting model of every run (default: a fresh tiny model)")
-    cmp.add_argument("--config-dir", default="examples", help="where the <algo>_<env>.yaml configs are")
+    cmp.add_argument("--config-dir",
+                     help="where the <algo>_<env>.yaml configs are (default: the example configs installed "
+                          "with agentrl, examples/ in a clone)")
     cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field of every run; repeatable")
     cmp.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",

@@ -2,13 +2,17 @@
 same budget of environment steps, evaluated on held-out tasks, with a report.
 
     agentrl compare --env arithmetic --algos ppo,grpo --seeds 3 --budget 2048 \\
-        [--model DIR] [--config-dir examples] [--set key=value ...] \\
+        [--model DIR] [--config-dir DIR | --config ppo.yaml --config grpo.yaml] [--env-option k=v ...] \\
+        [--set key=value ...] \\
         [--variant seq_mean:ppo.aggregation=seq-mean-token-mean] [--eval-episodes 64] [--out DIR]
 
 What it does:
 
-1. **Arms.** One per algorithm, from ``<config-dir>/<algo>_<env>.yaml`` with every ``--set`` applied,
-   plus one per variant and algorithm it applies to: ``--variant NAME:key=value[,key=value]`` adds the
+1. **Arms.** One per algorithm, from its ``--config`` file (one per algorithm, whatever its name) or
+   ``<config-dir>/<algo>_<env>.yaml`` (default: the example configs installed with the package), with
+   ``--env`` (which replaces the configs' environment and its options: a graph_nav ``size`` is no
+   option of another environment), each ``--env-option`` and every ``--set`` applied, plus one per
+   variant and algorithm it applies to: ``--variant NAME:key=value[,key=value]`` adds the
    arm ``<algo>+NAME`` with those overrides on top. A variant applies to an algorithm when one of its
    keys is under that algorithm's section (``ppo.aggregation=...`` makes only ``ppo+NAME``), or when
    none of its keys is under any algorithm's section (``rollout.compaction.strategy=none`` makes one
@@ -35,11 +39,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +128,60 @@ class Plan:
     model_path: Path
     write_default_model: bool
     runs: dict[str, list[tuple[int, TrainConfig]]]  # arm name -> [(seed, config)]
+    files: dict[str, Path]  # algorithm -> the config file its arms start from
 
 
-def _base_config(config_dir: Path, algo: str, env: str, overrides: Sequence[str]) -> TrainConfig:
-    path = config_dir / f"{algo}_{env}.yaml"
-    if not path.is_file():
-        raise ValueError(f"--config-dir: no {path} (the {algo} config for --env {env})")
+def config_path(config_dir: str | Path | None, algo: str, env: str) -> Path:
+    """``<config-dir>/<algo>_<env>.yaml``; without a directory, the example configs installed with the
+    package (``agentrl.examples``: in a clone, its ``examples/``)."""
+    if config_dir is None:
+        config_dir = Path(str(resources.files("agentrl.examples")))
+    return Path(config_dir) / f"{algo}_{env}.yaml"
+
+
+def base_files(env: str | None, algos: Sequence[str] | None, config_dir: str | Path | None,
+               configs: Sequence[str | Path]) -> dict[str, Path]:
+    """The config each algorithm's arms start from: the ``configs`` given (each file's ``algorithm``
+    says whose it is), else ``config_path`` of each of ``algos`` for ``env``."""
+    if algos is not None:
+        arms_for(algos, [])  # an unknown or repeated algorithm, named before any file is looked for
+    if configs:
+        files: dict[str, Path] = {}
+        for path in map(Path, configs):
+            algo = load_config(path).algorithm
+            if algo in files:
+                raise ValueError(f"--config: {files[algo]} and {path} are both {algo} configs")
+            files[algo] = path
+        if algos is not None and set(algos) != set(files):
+            raise ValueError(f"--algos: {','.join(algos)}, but the --config files are for {','.join(files)}")
+        return {algo: files[algo] for algo in (algos or files)}
+    if env is None:
+        raise ValueError("--env: required without --config")
+    files = {algo: config_path(config_dir, algo, _file_name(env)) for algo in (algos or ALGORITHMS)}
+    for algo, path in files.items():
+        if not path.is_file():
+            raise ValueError(f"--config-dir: no {path} (the {algo} config for --env {env}); write one and "
+                             "give it with --config FILE (one per algorithm; docs/tutorial.md)")
+    return files
+
+
+def _file_name(env: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", env)
+
+
+def env_overrides(env: str | None, env_options: Sequence[str]) -> list[str]:
+    """``--env`` and ``--env-option`` as ``--set`` items: a new ``env.name`` drops the options the config
+    gave its own environment (``agentrl.config.load_config``), then each option is set."""
+    items = [f"env.name={env}"] if env is not None else []
+    for option in env_options:
+        key, sep, value = option.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--env-option: expected key=value, got {option!r}")
+        items.append(f"env.options.{key.strip()}={value}")
+    return items
+
+
+def _base_config(path: Path, overrides: Sequence[str]) -> TrainConfig:
     return load_config(path, overrides)
 
 
@@ -145,30 +199,35 @@ def _start_model(bases: Sequence[TrainConfig], model: str | Path | None, out: Pa
     return (Path(path), False) if path is not None else (out / INITIAL_MODEL_DIR, True)
 
 
-def plan(env: str, *, algos: Sequence[str], seeds: int, budget: int, out: Path, model: str | Path | None,
-         config_dir: Path, overrides: Sequence[str], variants: Sequence[Variant]) -> Plan:
-    """Build and check every run's config (a bad value fails here, before any training)."""
+def plan(env: str | None, *, algos: Sequence[str] | None, seeds: int, budget: int, out: Path,
+         model: str | Path | None, config_dir: str | Path | None, overrides: Sequence[str],
+         variants: Sequence[Variant], configs: Sequence[str | Path] = (),
+         env_options: Sequence[str] = ()) -> Plan:
+    """Build and check every run's config (a bad value fails here, before any training). ``--env`` and
+    ``--env-option`` come before the ``--set`` overrides."""
     if seeds < 1:
         raise ValueError(f"--seeds: expected an int >= 1, got {seeds}")
     if budget < 1:
         raise ValueError(f"--budget: expected an int >= 1 (environment steps), got {budget}")
-    arms = arms_for(algos, variants)
-    bases = [_base_config(config_dir, algo, env, overrides) for algo in algos]
+    files = base_files(env, algos, config_dir, configs)
+    arms = arms_for(list(files), variants)
+    overrides = [*env_overrides(env, env_options), *overrides]
+    bases = [_base_config(path, overrides) for path in files.values()]
     model_path, write_default = _start_model(bases, model, out)
     runs: dict[str, list[tuple[int, TrainConfig]]] = {}
     for arm in arms:
         runs[arm.name] = []
         for seed in range(seeds):
-            cfg = _run_config(config_dir, env, arm, seed, overrides, budget, model_path, out)
+            cfg = _run_config(files[arm.algorithm], arm, seed, overrides, budget, model_path, out)
             _check_heldout_disjoint(cfg)
             runs[arm.name].append((seed, cfg))
-    return Plan(out, arms, seeds, budget, model_path, write_default, runs)
+    return Plan(out, arms, seeds, budget, model_path, write_default, runs, files)
 
 
-def _run_config(config_dir: Path, env: str, arm: Arm, seed: int, overrides: Sequence[str], budget: int,
+def _run_config(path: Path, arm: Arm, seed: int, overrides: Sequence[str], budget: int,
                 model_path: Path, out: Path) -> TrainConfig:
     try:
-        base = _base_config(config_dir, arm.algorithm, env, [*overrides, *arm.overrides])
+        base = _base_config(path, [*overrides, *arm.overrides])
         fixed = [
             f"run.name={re.sub(r'[^A-Za-z0-9_.-]', '_', arm.name)}_seed_{seed}",
             f"run.seed={seed}",
@@ -178,7 +237,7 @@ def _run_config(config_dir: Path, env: str, arm: Arm, seed: int, overrides: Sequ
             f"run.run_dir={out / arm.name / f'seed_{seed}'}",
             f"model.path={model_path}",
         ]
-        return _base_config(config_dir, arm.algorithm, env, [*overrides, *arm.overrides, *fixed])
+        return _base_config(path, [*overrides, *arm.overrides, *fixed])
     except ValueError as err:
         raise ValueError(f"arm {arm.name}: {err}") from None
 
@@ -243,14 +302,16 @@ def train_and_evaluate(cfg: TrainConfig, eval_episodes: int, *, progress: bool) 
 
 
 def compare(
-    env: str,
+    env: str | None = None,
     *,
-    algos: Sequence[str] = ALGORITHMS,
+    algos: Sequence[str] | None = None,
     seeds: int = 3,
     budget: int = 1024,
     out: str | Path | None = None,
     model: str | Path | None = None,
-    config_dir: str | Path = "examples",
+    config_dir: str | Path | None = None,
+    configs: Sequence[str | Path] = (),
+    env_options: Sequence[str] = (),
     overrides: Sequence[str] = (),
     variants: Sequence[str] = (),
     eval_episodes: int = 64,
@@ -259,13 +320,21 @@ def compare(
 ) -> Path:
     """Train every arm x seed with one budget of environment steps, evaluate each on held-out tasks, and
     write ``report.md`` and its plots into ``out`` (default ``runs/compare_<env>``); returns the
-    report's path. Bad input raises a one-line ``ValueError`` before anything trains."""
+    report's path. Bad input raises a one-line ``ValueError`` before anything trains.
+
+    The arms start from ``configs`` (one YAML file per algorithm) or, without them, from
+    ``<config_dir>/<algo>_<env>.yaml`` for each of ``algos`` (default ppo and grpo; ``config_dir``
+    default: the installed example configs). ``env`` (a registered name or ``module:attr``) replaces the
+    configs' environment, and its options with it; ``env_options`` (``key=value``) are its options."""
     if eval_episodes < 1:
         raise ValueError(f"--eval-episodes: expected an int >= 1, got {eval_episodes}")
-    out = Path(out) if out is not None else Path("runs") / f"compare_{env}"
     parsed = [parse_variant(v) for v in variants]
-    p = plan(env, algos=algos, seeds=seeds, budget=budget, out=out, model=model,
-             config_dir=Path(config_dir), overrides=overrides, variants=parsed)
+    if out is None:
+        named = env if env is not None else load_config(Path(configs[0])).env.name if configs else "run"
+        out = Path("runs") / f"compare_{_file_name(named)}"
+    out = Path(out)
+    p = plan(env, algos=algos, seeds=seeds, budget=budget, out=out, model=model, config_dir=config_dir,
+             overrides=overrides, variants=parsed, configs=configs, env_options=env_options)
     say = log or (lambda _: None)
     if p.write_default_model and not (p.model_path / "config.json").is_file():
         from agentrl.models import init_model
@@ -281,26 +350,45 @@ def compare(
             result = train_and_evaluate(cfg, eval_episodes, progress=progress)
             say(f"[{n}/{total}] {arm} seed {seed}: held-out success {result['success_rate']:.3f} "
                 f"({time.perf_counter() - start:.1f}s, {cfg.run_dir})")
-    command = command_line(env, algos=algos, seeds=seeds, budget=budget, out=out, model=model,
-                           config_dir=config_dir, overrides=overrides, variants=variants,
-                           eval_episodes=eval_episodes)
+    command = command_line(env, algos=list(p.files), seeds=seeds, budget=budget, out=out, model=model,
+                           configs=list(p.files.values()), env_options=env_options, overrides=overrides,
+                           variants=variants, eval_episodes=eval_episodes)
+    first = next(iter(p.runs.values()))[0][1]
     return write_report(out, {arm: [(s, c.run_dir) for s, c in rs] for arm, rs in p.runs.items()},
-                        budget=budget, intro=_intro(env, p, eval_episodes), commands=_commands(command, p))
+                        budget=budget, intro=_intro(first.env.name, p, eval_episodes),
+                        commands=_commands(command, p))
 
 
-def command_line(env: str, *, algos: Sequence[str], seeds: int, budget: int, out: Path,
-                 model: str | Path | None, config_dir: str | Path, overrides: Sequence[str],
-                 variants: Sequence[str], eval_episodes: int) -> str:
-    """The ``agentrl compare`` command of these arguments."""
-    args = ["agentrl", "compare", "--env", env, "--algos", ",".join(algos), "--seeds", str(seeds),
-            "--budget", str(budget), "--eval-episodes", str(eval_episodes), "--config-dir", str(config_dir)]
+# Environment variables that change what a run computes or how fast: the reproduce commands set them.
+REPRODUCE_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED",
+                 "PYTHONPATH", "TOKENIZERS_PARALLELISM")
+
+
+def env_prefix(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``NAME=value`` (the value shell-quoted) for each of ``REPRODUCE_ENV`` set in ``environ`` (default:
+    this process's)."""
+    environ = os.environ if environ is None else environ
+    return [f"{name}={shlex.quote(environ[name])}" for name in REPRODUCE_ENV if name in environ]
+
+
+def command_line(env: str | None, *, algos: Sequence[str], seeds: int, budget: int, out: Path,
+                 model: str | Path | None, configs: Sequence[str | Path], env_options: Sequence[str],
+                 overrides: Sequence[str], variants: Sequence[str], eval_episodes: int) -> str:
+    """The ``agentrl compare`` command of these arguments, after the environment variables it ran with
+    (``env_prefix``); the config files are named, so it runs the same from any directory."""
+    args = ["agentrl", "compare", *(["--env", env] if env is not None else []), "--algos", ",".join(algos),
+            "--seeds", str(seeds), "--budget", str(budget), "--eval-episodes", str(eval_episodes)]
+    for path in configs:
+        args += ["--config", str(path)]
+    for option in env_options:
+        args += ["--env-option", option]
     if model is not None:
         args += ["--model", str(model)]
     for item in overrides:
         args += ["--set", item]
     for v in variants:
         args += ["--variant", v]
-    return shlex.join([*args, "--out", str(out)])
+    return " ".join([*env_prefix(), shlex.join([*args, "--out", str(out)])])
 
 
 def _intro(env: str, p: Plan, eval_episodes: int) -> str:
@@ -327,6 +415,6 @@ def _commands(command: str, p: Plan) -> list[str]:
         "# the whole comparison (finished runs in --out are reused)",
         command,
         "# one run again from its resolved config, e.g.",
-        shlex.join(["agentrl", "train", "--config", str(cfg.run_dir / "config.yaml"),
-                    "--run-dir", f"runs/{arm}_seed_{seed}_again"]),
+        " ".join([*env_prefix(), shlex.join(["agentrl", "train", "--config", str(cfg.run_dir / "config.yaml"),
+                                             "--run-dir", f"runs/{arm}_seed_{seed}_again"])]),
     ]

@@ -773,12 +773,23 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read the YAML file ``path`` (None: all defaults), apply ``overrides`` in order, and build and check
-    the config. Raises ``ConfigError`` (a ValueError, one line) on a missing file, bad YAML, an unknown
-    key or a bad value."""
+    the config. An override of ``env.name`` to another environment drops the ``env.options`` given
+    before it (they were that environment's). Raises ``ConfigError`` (a ValueError, one line) on a
+    missing file, bad YAML, an unknown key or a bad value."""
     data = _read_file(path) if path is not None else {}
     for item in overrides:
+        before = _env_name(data)
         apply_override(data, item)
+        if item.partition("=")[0].strip() == "env.name" and _env_name(data) != before:
+            # options belong to the environment they were written for: graph_nav's size=small is no
+            # option of another one; env.options.* given after the new name still apply
+            data["env"].pop("options", None)
     return _from_mapping(TrainConfig, data, "")
+
+
+def _env_name(data: Mapping[str, Any]) -> Any:
+    env = data.get("env")
+    return env.get("name", EnvSection.name) if isinstance(env, dict) else EnvSection.name
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from agentrl.metrics import (
     ROLLOUT_SUCCESS_RATE,
     read_metrics,
 )
+from agentrl.significance import ALPHA, TEST_NAME, verdicts
 
 EVAL_FILE = "eval.json"
 REPORT_FILE = "report.md"
@@ -231,11 +232,18 @@ def _fmt(value: float, digits: int) -> str:
     return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
 
 
+def _count(value: float) -> str:
+    """A count (steps, iterations, tokens): an integer as an integer, a mean over seeds with one decimal."""
+    if not math.isfinite(value):
+        return "n/a"
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
 def arm_row(a: ArmSummary) -> list[str]:
     """The cells of the arm table's row for ``a``."""
     ci = "n/a" if a.heldout_ci95 is None else _fmt(a.heldout_ci95, 3)
     return [a.name, str(a.runs), f"{_fmt(a.heldout_success, 3)} ± {ci}", _fmt(a.auc, 3),
-            _fmt(a.env_steps, 1), _fmt(a.iterations, 1), _fmt(a.generated_tokens, 1), _fmt(a.wall_s, 1),
+            _count(a.env_steps), _count(a.iterations), _count(a.generated_tokens), _fmt(a.wall_s, 1),
             _fmt(a.learner_s_per_iteration, 3), _fmt(a.peak_memory_mb, 0),
             _fmt(a.sub_traces_per_episode, 2)]
 
@@ -243,7 +251,7 @@ def arm_row(a: ArmSummary) -> list[str]:
 def run_row(arm: str, r: RunSummary) -> list[str]:
     """The cells of the per-run table's row for ``r``."""
     return [arm, str(r.seed), _fmt(r.heldout_success, 3), _fmt(r.heldout_reward, 3), _fmt(r.auc, 3),
-            _fmt(r.env_steps, 0), str(r.iterations), _fmt(r.generated_tokens, 0), _fmt(r.wall_s, 1),
+            _count(r.env_steps), str(r.iterations), _count(r.generated_tokens), _fmt(r.wall_s, 1),
             _fmt(r.learner_s_per_iteration, 3), _fmt(r.peak_memory_mb, 0),
             _fmt(r.sub_traces_per_episode, 2)]
 
@@ -319,11 +327,16 @@ def write_report(
     plot_success(curves, "wall_s", out / PLOT_WALL_TIME, title="Success against wall time")
     arm_rows = [arm_row(summarize_arm(arm, s)) for arm, s in summaries.items()]
     run_rows = [run_row(arm, r) for arm, s in summaries.items() for r in s]
+    lines = verdicts({arm: [r.heldout_success for r in s] for arm, s in summaries.items()},
+                     what="held-out success")
     text = "\n".join([
         intro.rstrip(), "",
+        *(f"{line}  " for line in lines), *([""] if lines else []),
         markdown_table(ARM_HEADER, arm_rows), "",
         f"![success against environment steps]({PLOT_ENV_STEPS})", "",
         f"![success against wall time]({PLOT_WALL_TIME})", "",
+        "Each curve is drawn where every seed of its arm has data, so the wall-time plot stops where the "
+        "arm's fastest seed finished.", "",
         "## How the numbers are made", "",
         "Each cell is read from the runs' own `metrics.jsonl` and `eval.json` (`agentrl/report.py`):", "",
         *_DEFINITIONS, "",
@@ -352,5 +365,9 @@ _DEFINITIONS = (
     "- **peak memory**: the largest `perf/peak_memory_mb` over iterations and seeds (reset before each run).",
     "- **sub-traces / episode**: `rollout/sub_traces_mean` averaged over every training episode.",
     "- Plots: the training success per iteration, smoothed by a trailing moving mean, averaged over seeds; "
-    "the band spans the seeds' min to max.",
+    "the band spans the seeds' min to max. A curve covers the range every seed reached: against wall "
+    "time it ends at the fastest seed's last iteration.",
+    f"- The verdict: the first arm against each other arm on held-out success per seed, {TEST_NAME} "
+    f"(two-sided, unequal variances, significance level {ALPHA}), the number of seeds given; it assumes "
+    "roughly normal per-seed values, which a few seeds cannot check (`agentrl/significance.py`).",
 )

@@ -39,7 +39,7 @@ from agentrl.config import load_config
 from agentrl.models import init_model, load_model
 from agentrl.registry import make
 from agentrl.train import build, run_iteration, tasks_for
-from envs.arithmetic import last_integer
+from agentrl.envs.arithmetic import last_integer
 
 PROMPTS, GENERATIONS, MAX_COMPLETION, BETA, LR = 4, 8, 32, 0.04, 1e-5
 ENV_OPTIONS = {"num_operands": 2, "max_value": 9}

@@ -11,11 +11,11 @@ if TYPE_CHECKING:
 def register_builtin(registry: Registry | None = None) -> None:
     """Entry point of the ``agentrl.envs`` group: register the built-in environments."""
     from agentrl.registry import register
-    from envs.arithmetic import Arithmetic
-    from envs.code_fix import CodeFix
-    from envs.graph_nav import GraphNav
-    from envs.gym_adapter import GymTextEnv
-    from envs.ledger import Ledger
+    from .arithmetic import Arithmetic
+    from .code_fix import CodeFix
+    from .graph_nav import GraphNav
+    from .gym_adapter import GymTextEnv
+    from .ledger import Ledger
 
     for cls in (GraphNav, Ledger, Arithmetic, GymTextEnv, CodeFix):
         register(cls.name, cls, description=cls.description, registry=registry)

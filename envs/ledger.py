@@ -35,7 +35,7 @@ from typing import Any
 
 from agentrl.env import ToolEnv
 from agentrl.tools import format_tool_call, tool
-from envs.arithmetic import last_integer
+from .arithmetic import last_integer
 
 VERBOSITIES = ("terse", "normal", "verbose")
 QUESTIONS = ("sum", "count", "max")

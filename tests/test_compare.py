@@ -263,9 +263,38 @@ def test_report_by_hand(tmp_path: Path) -> None:
     # a: held-out 0.2, 0.4, 0.6: mean 0.4, sd 0.2, CI 4.3027 * 0.2 / sqrt(3) = 0.4968;
     # AUC over budget 15: (0 * 10 + 1 * 5) / 15 = 0.333; two iterations of 2.75 s; learner 0.75 s;
     # peak max(100, 101, 102) = 102; sub-traces (1 * 5 + 2 * 5) / 10 = 1.5
-    assert rows[("a",)] == ["a", "3", "0.400 ± 0.497", "0.333", "20.0", "2.0", "200.0", "5.5", "0.750",
+    assert rows[("a",)] == ["a", "3", "0.400 ± 0.497", "0.333", "20", "2", "200", "5.5", "0.750",
                             "102", "1.50"]
     # b: one seed, no interval; AUC (0.5 * 10 + 0.5 * 5) / 15 = 0.5
-    assert rows[("b",)] == ["b", "1", "0.700 ± n/a", "0.500", "20.0", "2.0", "200.0", "5.5", "0.750", "50",
+    assert rows[("b",)] == ["b", "1", "0.700 ± n/a", "0.500", "20", "2", "200", "5.5", "0.750", "50",
                             "1.50"]
+    assert "**a against b**: no test at n = 3 and 1 (a 0.400 against b 0.700); run 2 or more seeds" in text
+    assert "the wall-time plot stops where the arm's fastest seed finished" in text
     assert (tmp_path / "success_vs_env_steps.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_student_t_tail_agrees_with_the_quantile_table() -> None:
+    from agentrl.significance import t_sf2
+
+    for df in range(1, 40):  # P(|T| >= t(0.975, df)) = 0.05; the table has 4 decimals
+        assert t_sf2(t_critical_95(df), df) == pytest.approx(0.05, abs=2e-5)
+    assert t_sf2(0.0, 3) == 1.0
+    assert t_sf2(1.0, 1) == pytest.approx(0.5)  # Cauchy: P(|T| >= 1) = 1/2
+
+
+def test_welch_verdict_by_hand() -> None:
+    from agentrl.significance import verdict, welch_t_test
+
+    # a = 0.2, 0.4, 0.6: mean 0.4, var 0.04, var of mean 0.04/3; b = 0.1, 0.15, 0.2: mean 0.15, var 0.0025,
+    # var of mean 0.0025/3. t = 0.25 / sqrt(0.0425/3) = 2.1004; df = (0.0425/3)^2 /
+    # ((0.04/3)^2/2 + (0.0025/3)^2/2) = 2.2490
+    r = welch_t_test([0.2, 0.4, 0.6], [0.1, 0.15, 0.2])
+    assert r is not None and r.t == pytest.approx(2.1004, abs=1e-4) and r.df == pytest.approx(2.2490, abs=1e-4)
+    assert 0.1 < r.p < 0.2
+    assert verdict("ppo", [0.2, 0.4, 0.6], "grpo", [0.1, 0.15, 0.2], what="held-out success") == (
+        f"**ppo against grpo**: no significant difference in held-out success at n = 3 (ppo 0.400 against "
+        f"grpo 0.150; Welch's t-test p = {r.p:.3g} >= 0.05).")
+    strong = verdict("ppo", [0.8, 0.85, 0.9], "grpo", [0.1, 0.15, 0.2], what="held-out success")
+    assert strong.startswith("**ppo against grpo**: ppo has the higher held-out success, significant at n = 3")
+    flat = verdict("ppo", [0.0, 0.0], "grpo", [0.0, 0.0], what="held-out success")
+    assert "gave the same held-out success" in flat and "no Welch's t-test" in flat

@@ -507,3 +507,14 @@ def test_config_imports_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_new_env_name_drops_the_options_of_the_old_one() -> None:
+    graph_nav = ROOT / "examples" / "ppo_graph_nav.yaml"
+    assert load_config(graph_nav).env.options  # size and the rest, for graph_nav
+    other = load_config(graph_nav, ["env.name=arithmetic"])
+    assert other.env.name == "arithmetic" and other.env.options == {}
+    kept = load_config(graph_nav, ["env.name=arithmetic", "env.options.max_value=3"])
+    assert kept.env.options == {"max_value": 3}
+    same = load_config(graph_nav, ["env.name=graph_nav"])  # the same env keeps its options
+    assert same.env.options == load_config(graph_nav).env.options

@@ -464,8 +464,9 @@ def test_check_env_small_max_steps_is_not_enough_for_the_expert() -> None:
 
 def test_the_env_side_imports_no_torch() -> None:
     code = (
-        "import agentrl.env, agentrl.tools, agentrl.registry, envs.graph_nav, envs.ledger, envs.arithmetic, "
-        "envs.gym_adapter, sys; assert 'torch' not in sys.modules, 'torch was imported'"
+        "import agentrl.env, agentrl.tools, agentrl.registry, agentrl.envs.graph_nav, agentrl.envs.ledger, "
+        "agentrl.envs.arithmetic, agentrl.envs.gym_adapter, sys; assert 'torch' not in sys.modules, "
+        "'torch was imported'"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -15,8 +15,8 @@ from agentrl.env import check_env
 from agentrl.registry import make
 from agentrl.sandbox import PREFIX, bwrap_path
 from agentrl.tools import format_tool_call
-from envs.code_catalogue import CATALOGUE, compile_function
-from envs.code_fix import SETTINGS, CodeFix
+from agentrl.envs.code_catalogue import CATALOGUE, compile_function
+from agentrl.envs.code_fix import SETTINGS, CodeFix
 
 pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not installed")
 WORKERS = 4  # the episodes wait on sandboxed subprocesses, so threads overlap them

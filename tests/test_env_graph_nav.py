@@ -8,7 +8,7 @@ import pytest
 
 from agentrl.env import StepResult, check_env
 from agentrl.tools import format_tool_call
-from envs.graph_nav import PRESETS, GraphNav, make_knobs
+from agentrl.envs.graph_nav import PRESETS, GraphNav, make_knobs
 
 
 def run_expert(env: GraphNav, seed: int, max_steps: int = 2000) -> tuple[int, list[StepResult]]:

@@ -9,7 +9,7 @@ import pytest
 
 from agentrl.env import StepResult, check_env
 from agentrl.tools import format_tool_call
-from envs.gym_adapter import GymTextEnv
+from agentrl.envs.gym_adapter import GymTextEnv
 
 needs_gym = pytest.mark.skipif(importlib.util.find_spec("gymnasium") is None, reason="needs gymnasium")
 
@@ -220,7 +220,7 @@ def test_registration_works_without_gymnasium() -> None:
 import sys
 sys.modules["gymnasium"] = None  # makes `import gymnasium` raise ImportError
 from agentrl.registry import Registry
-from envs import register_builtin
+from agentrl.envs import register_builtin
 registry = Registry(load_entry_points=False)
 register_builtin(registry)
 print(sorted(name for name, _ in registry.list_envs()))

@@ -7,10 +7,10 @@ import pytest
 from agentrl import registry
 from agentrl.env import Env, ToolEnv, check_env
 from agentrl.registry import Registry, register
-from envs.arithmetic import Arithmetic
-from envs.graph_nav import GraphNav
-from envs.gym_adapter import GymTextEnv
-from envs.ledger import Ledger
+from agentrl.envs.arithmetic import Arithmetic
+from agentrl.envs.graph_nav import GraphNav
+from agentrl.envs.gym_adapter import GymTextEnv
+from agentrl.envs.ledger import Ledger
 
 
 class Echo(ToolEnv):
@@ -107,7 +107,7 @@ def test_a_factory_that_does_not_build_an_env_is_rejected() -> None:
 
 def test_an_import_path_builds_an_unregistered_env() -> None:
     r = fresh()
-    env = r.make("envs.arithmetic:Arithmetic")
+    env = r.make("agentrl.envs.arithmetic:Arithmetic")
     assert isinstance(env, Arithmetic)
     assert r.list_envs() == []  # nothing was registered
     env = r.make(f"{__name__}:Echo", size="large")  # this module, under the name pytest gave it
@@ -116,7 +116,7 @@ def test_an_import_path_builds_an_unregistered_env() -> None:
         r.make(f"{__name__}:Echo", colour="red")
 
 
-@pytest.mark.parametrize("name", ["no_such_module_xyz:Env", "envs.arithmetic:NoSuchClass"])
+@pytest.mark.parametrize("name", ["no_such_module_xyz:Env", "agentrl.envs.arithmetic:NoSuchClass"])
 def test_a_bad_import_path_is_a_value_error(name: str) -> None:
     with pytest.raises(ValueError, match=f"cannot import '{name}'"):
         fresh().make(name)

@@ -242,7 +242,7 @@ def test_an_import_path_must_name_an_environment_before_it_is_called() -> None:
     assert CALLS == []
     assert isinstance(make("test_reliability_env:HugeReward", reward=2.0), HugeReward)
     assert make("test_reliability_env:annotated_factory", reward=3.0).reward == 3.0
-    assert make("envs.arithmetic:Arithmetic").name == "arithmetic"
+    assert make("agentrl.envs.arithmetic:Arithmetic").name == "arithmetic"
 
 
 def test_eval_and_train_refuse_os_system(tmp_path: Path, capsys: pytest.CaptureFixture[str],
