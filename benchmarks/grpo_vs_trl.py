@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from agentrl.envs.arithmetic import last_integer
 
 from agentrl.chat import ChatFormat
 from agentrl.config import load_config
 from agentrl.models import init_model, load_model
 from agentrl.registry import make
 from agentrl.train import build, run_iteration, tasks_for
-from agentrl.envs.arithmetic import last_integer
 
 PROMPTS, GENERATIONS, MAX_COMPLETION, BETA, LR = 4, 8, 32, 0.04, 1e-5
 ENV_OPTIONS = {"num_operands": 2, "max_value": 9}

@@ -42,6 +42,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from agentrl.envs.graph_nav import GraphNav
 
 from agentrl.chat import ChatFormat
 from agentrl.compaction import CompactionConfig
@@ -49,7 +50,6 @@ from agentrl.models import init_model, load_model
 from agentrl.rollout import TorchSampler
 from agentrl.runner import Runner, RunnerConfig, Task
 from agentrl.types import Episode
-from agentrl.envs.graph_nav import GraphNav
 
 CONTEXT_BUDGET = 32768  # the default models' max positions: large enough that no window fills up
 NUDGE = "Call a tool."

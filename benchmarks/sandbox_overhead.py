@@ -28,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agentrl.sandbox import Sandbox, python_executable  # noqa: E402
 from agentrl.envs.code_fix import CodeFix  # noqa: E402
+
+from agentrl.sandbox import Sandbox, python_executable  # noqa: E402
 
 
 def time_calls(unsafe: bool, command: list[str], calls: int) -> float:

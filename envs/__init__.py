@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 def register_builtin(registry: Registry | None = None) -> None:
     """Entry point of the ``agentrl.envs`` group: register the built-in environments."""
     from agentrl.registry import register
+
     from .arithmetic import Arithmetic
     from .code_fix import CodeFix
     from .graph_nav import GraphNav

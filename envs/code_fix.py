@@ -45,6 +45,7 @@ from agentrl.env import StepResult, ToolEnv
 from agentrl.sandbox import Limits
 from agentrl.sandbox_tools import SandboxTools
 from agentrl.tools import format_tool_call, parse_tool_calls, tool
+
 from .code_catalogue import BY_NAME, CATALOGUE, Spec, compile_function
 
 SETTINGS = {"short": (1, 1), "medium": (3, 2), "long": (8, 7)}

@@ -35,6 +35,7 @@ from typing import Any
 
 from agentrl.env import ToolEnv
 from agentrl.tools import format_tool_call, tool
+
 from .arithmetic import last_integer
 
 VERBOSITIES = ("terse", "normal", "verbose")

@@ -289,12 +289,14 @@ def test_welch_verdict_by_hand() -> None:
     # var of mean 0.0025/3. t = 0.25 / sqrt(0.0425/3) = 2.1004; df = (0.0425/3)^2 /
     # ((0.04/3)^2/2 + (0.0025/3)^2/2) = 2.2490
     r = welch_t_test([0.2, 0.4, 0.6], [0.1, 0.15, 0.2])
-    assert r is not None and r.t == pytest.approx(2.1004, abs=1e-4) and r.df == pytest.approx(2.2490, abs=1e-4)
+    assert r is not None and r.t == pytest.approx(2.1004, abs=1e-4)
+    assert r.df == pytest.approx(2.2490, abs=1e-4)
     assert 0.1 < r.p < 0.2
     assert verdict("ppo", [0.2, 0.4, 0.6], "grpo", [0.1, 0.15, 0.2], what="held-out success") == (
         f"**ppo against grpo**: no significant difference in held-out success at n = 3 (ppo 0.400 against "
         f"grpo 0.150; Welch's t-test p = {r.p:.3g} >= 0.05).")
     strong = verdict("ppo", [0.8, 0.85, 0.9], "grpo", [0.1, 0.15, 0.2], what="held-out success")
-    assert strong.startswith("**ppo against grpo**: ppo has the higher held-out success, significant at n = 3")
+    assert strong.startswith(
+        "**ppo against grpo**: ppo has the higher held-out success, significant at n = 3")
     flat = verdict("ppo", [0.0, 0.0], "grpo", [0.0, 0.0], what="held-out success")
     assert "gave the same held-out success" in flat and "no Welch's t-test" in flat

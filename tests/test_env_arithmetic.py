@@ -3,10 +3,10 @@
 import re
 
 import pytest
+from agentrl.envs.arithmetic import MAX_OPERANDS, MAX_VALUE, Arithmetic, evaluate, last_integer
 
 from agentrl.env import check_env
 from agentrl.tools import format_tool_call
-from agentrl.envs.arithmetic import MAX_OPERANDS, MAX_VALUE, Arithmetic, evaluate, last_integer
 
 EASY = {"num_operands": 2, "max_value": 9}
 HARD = {"num_operands": MAX_OPERANDS, "max_value": MAX_VALUE}

@@ -9,14 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from agentrl.envs.code_catalogue import CATALOGUE, compile_function
+from agentrl.envs.code_fix import SETTINGS, CodeFix
 from test_sandbox import sandbox_processes
 
 from agentrl.env import check_env
 from agentrl.registry import make
 from agentrl.sandbox import PREFIX, bwrap_path
 from agentrl.tools import format_tool_call
-from agentrl.envs.code_catalogue import CATALOGUE, compile_function
-from agentrl.envs.code_fix import SETTINGS, CodeFix
 
 pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not installed")
 WORKERS = 4  # the episodes wait on sandboxed subprocesses, so threads overlap them

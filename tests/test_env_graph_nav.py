@@ -5,10 +5,10 @@ import random
 
 import networkx as nx
 import pytest
+from agentrl.envs.graph_nav import PRESETS, GraphNav, make_knobs
 
 from agentrl.env import StepResult, check_env
 from agentrl.tools import format_tool_call
-from agentrl.envs.graph_nav import PRESETS, GraphNav, make_knobs
 
 
 def run_expert(env: GraphNav, seed: int, max_steps: int = 2000) -> tuple[int, list[StepResult]]:

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from agentrl.envs.gym_adapter import GymTextEnv
 
 from agentrl.env import StepResult, check_env
 from agentrl.tools import format_tool_call
-from agentrl.envs.gym_adapter import GymTextEnv
 
 needs_gym = pytest.mark.skipif(importlib.util.find_spec("gymnasium") is None, reason="needs gymnasium")
 

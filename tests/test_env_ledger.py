@@ -3,10 +3,10 @@
 import re
 
 import pytest
+from agentrl.envs.ledger import MAX_RECORDS, MIN_RECORDS, Ledger, answer_for, index_ranges
 
 from agentrl.env import StepResult, check_env
 from agentrl.tools import format_tool_call
-from agentrl.envs.ledger import MAX_RECORDS, MIN_RECORDS, Ledger, answer_for, index_ranges
 
 FIELDS = re.compile(r"^Record (\d+): vendor=[^,]+, category=(\w+), amount=(\d+), date=", re.MULTILINE)
 

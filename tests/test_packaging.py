@@ -39,7 +39,8 @@ def test_the_wheel_holds_envs_and_configs_inside_agentrl(wheel: zipfile.ZipFile)
 
 def test_outside_a_clone_the_envs_and_configs_are_found(tmp_path: Path) -> None:
     code = ("from agentrl.registry import make; from agentrl.compare import config_path; "
-            "print(type(make('graph_nav', size='small')).__module__); print(config_path(None, 'ppo', 'ledger'))")
+            "print(type(make('graph_nav', size='small')).__module__); "
+            "print(config_path(None, 'ppo', 'ledger'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -3,14 +3,14 @@
 import random
 
 import pytest
-
-from agentrl import registry
-from agentrl.env import Env, ToolEnv, check_env
-from agentrl.registry import Registry, register
 from agentrl.envs.arithmetic import Arithmetic
 from agentrl.envs.graph_nav import GraphNav
 from agentrl.envs.gym_adapter import GymTextEnv
 from agentrl.envs.ledger import Ledger
+
+from agentrl import registry
+from agentrl.env import Env, ToolEnv, check_env
+from agentrl.registry import Registry, register
 
 
 class Echo(ToolEnv):
