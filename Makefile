@@ -6,14 +6,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test test-slow test-vllm lint demo clean
 
+# Each install step says what it does first: the quiet pip installs take a minute or two between lines.
 $(BIN)/python:
+	@echo "make: creating $(VENV) (a virtual environment) and upgrading pip"
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
+	@echo "make: installing the CPU build of torch 2.13.0 (about 200 MB)"
 	$(BIN)/pip install --quiet torch==2.13.0
+	@echo "make: installing agentrl (editable) with its test tools: transformers, matplotlib, pytest, ..."
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -42,10 +47,11 @@ $(VLLM_STAMP): pyproject.toml
 test-vllm: $(VLLM_STAMP)
 	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider $(VLLM_TESTS)
 
-# PPO against GRPO on easy arithmetic, 3 seeds, 9,600 environment steps each (about 7 minutes on 2 cores):
-# runs/compare_arithmetic/report.md. docs/results.md has the same comparison at 12,800 steps.
+# PPO against GRPO on easy arithmetic, 3 seeds, 9,600 environment steps each, one progress line per
+# iteration of each run: runs/compare_arithmetic/report.md. The README gives its measured time;
+# docs/results.md has the same comparison at 12,800 steps.
 demo: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/agentrl compare --env arithmetic --seeds 3 --budget 9600 --quiet \
+	OMP_NUM_THREADS=1 $(BIN)/agentrl compare --env arithmetic --seeds 3 --budget 9600 \
 		--set env.options.max_value=2 --set env.options.operators=+ --set rollout.max_response_tokens=4 \
 		--set rollout.tasks_per_iteration=8 --set rollout.group_size=8 --set rollout.max_concurrent=64 \
 		--set optim.actor_lr=1e-3 --set optim.critic_lr=1e-3 --set grpo.kl_beta=0 --set run.checkpoint_every=0

@@ -49,6 +49,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agentrl import api
 from agentrl.config import TrainConfig, load_config
 from agentrl.report import EVAL_FILE, write_report
 
@@ -347,6 +348,8 @@ def compare(
         for seed, cfg in runs:
             n += 1
             start = time.perf_counter()
+            say(f"[{n}/{total}] {arm} seed {seed}: training, then {eval_episodes} held-out episodes "
+                f"({cfg.run_dir})")
             result = train_and_evaluate(cfg, eval_episodes, progress=progress)
             say(f"[{n}/{total}] {arm} seed {seed}: held-out success {result['success_rate']:.3f} "
                 f"({time.perf_counter() - start:.1f}s, {cfg.run_dir})")
@@ -418,3 +421,7 @@ def _commands(command: str, p: Plan) -> list[str]:
         " ".join([*env_prefix(), shlex.join(["agentrl", "train", "--config", str(cfg.run_dir / "config.yaml"),
                                              "--run-dir", f"runs/{arm}_seed_{seed}_again"])]),
     ]
+
+
+# ``agentrl.compare(...)`` calls ``agentrl.api.compare``: the module is the API's name too (agentrl/api.py).
+api.callable_module(__name__, api.compare)

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentrl import api
 from agentrl.backends import make_sampler
 from agentrl.chat import ChatFormat
 from agentrl.checkpoint import (
@@ -494,3 +495,7 @@ def config_for(config: str | None, overrides: list[str], *, iterations: int | No
             raise ValueError("--run-dir: a resumed run stays in its directory")
         extra.append(f"run.run_dir={run_dir}")
     return load_config(config, extra)
+
+
+# ``agentrl.train(...)`` calls ``agentrl.api.train``: the module is the API's name too (agentrl/api.py).
+api.callable_module(__name__, api.train)
