@@ -23,14 +23,17 @@ class GuessNumber(ToolEnv):
         "hidden number is higher or lower. Find it in as few guesses as you can."
     )
 
-    def __init__(self, max_number: int = 100, step_cost: float = 0.01) -> None:
+    def __init__(self, max_number: int = 100, step_cost: float = 0.01, reminders: int = 0) -> None:
         super().__init__()
         if not isinstance(max_number, int) or isinstance(max_number, bool) or max_number < 2:
             raise ValueError(f"max_number: expected an int >= 2, got {max_number!r}")
         if not isinstance(step_cost, int | float) or not 0 <= step_cost < 1:
             raise ValueError(f"step_cost: expected a number in [0, 1), got {step_cost!r}")
+        if not isinstance(reminders, int) or isinstance(reminders, bool) or reminders < 0:
+            raise ValueError(f"reminders: expected an int >= 0, got {reminders!r}")
         self.max_number = max_number
         self.step_cost = float(step_cost)
+        self.reminders = reminders
 
     def setup(self, rng: random.Random, options: dict) -> str:
         """Draw the hidden number from the seeded ``rng``; return the task text."""
@@ -38,6 +41,7 @@ class GuessNumber(ToolEnv):
         self.low, self.high = 1, self.max_number  # the range the hints so far leave open
         self.guesses = 0
         self.done = False
+        self.reminders_left = self.reminders
         return f"I am thinking of a number from 1 to {self.max_number}. Find it."
 
     @tool
@@ -64,6 +68,16 @@ class GuessNumber(ToolEnv):
     @tool
     def give_up(self) -> str:
         """Stop guessing; the game ends without the reward."""
+        self.done = True
+        self.finish(0.0, success=False)
+        return f"The number was {self.secret}."
+
+    def on_answer(self, text: str) -> str | None:
+        """A reply without a tool call: a reminder while ``reminders`` last (a model that has not yet
+        learned the tool format keeps playing, and learns from the turns that follow), then the end."""
+        if self.reminders_left > 0:
+            self.reminders_left -= 1
+            return "Call the guess tool with a number."
         self.done = True
         self.finish(0.0, success=False)
         return f"The number was {self.secret}."
