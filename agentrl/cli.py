@@ -143,6 +143,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
         model=None if args.model is None else Path(args.model), size=args.size, episodes=args.episodes,
         epochs=args.epochs, lr=args.lr, seed=args.seed, eval_episodes=args.eval_episodes,
         heldout_demos=args.heldout_demos, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+        backend=args.backend,
     )
     summary = warm_start(settings, config)
     ev = summary["eval"]
@@ -220,6 +221,8 @@ def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("--temperature", type=float, default=1.0,
                      help="the sampling temperature of the evaluation (and of the fitted distribution)")
     sft.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass of the evaluation")
+    sft.add_argument("--backend", choices=("torch", "vllm"), default="torch",
+                     help="the evaluation's sampler (vllm: the fine-tuned weights are pushed to the engine)")
     sft.set_defaults(func=_cmd_sft)
 
 
