@@ -1,10 +1,11 @@
 """gym: Gymnasium's toy-text games (FrozenLake, Taxi, CliffWalking) played through tools, on a text board.
 
 ``GymTextEnv(game, **game_kwargs)`` wraps ``gymnasium.make(game, **game_kwargs)``. Gymnasium is an
-optional extra (``pip install agentrl[gym]``); it is imported when a ``GymTextEnv`` is built, so
-``import envs`` works without it. The game ids are Gymnasium's own: with gymnasium 1.4 they are
-``FrozenLake-v1``, ``FrozenLake8x8-v1``, ``Taxi-v4`` (``Taxi-v3`` in gymnasium 1.0 to 1.2) and
-``CliffWalking-v1``; any id of those three families that the installed gymnasium registers is accepted.
+optional dependency (``pip install 'gymnasium>=1.0'``, or the ``gym`` extra of a clone); it is imported
+when a ``GymTextEnv`` is built, so ``import envs`` works without it. The game ids are Gymnasium's own:
+with gymnasium 1.4 they are ``FrozenLake-v1``, ``FrozenLake8x8-v1``, ``Taxi-v4`` (``Taxi-v3`` in
+gymnasium 1.0 to 1.2) and ``CliffWalking-v1``; any id of those three families that the installed
+gymnasium registers is accepted.
 
 Tools: ``move(direction)`` with ``direction`` one of up, down, left, right (Taxi's north, south, east
 and west); Taxi also has ``pickup()`` and ``dropoff()``. A Taxi env is an instance of a private
@@ -69,7 +70,8 @@ def _import_gymnasium() -> Any:
     try:
         import gymnasium
     except ImportError as err:  # the extra is optional: say how to get it
-        raise ImportError("GymTextEnv needs gymnasium: pip install agentrl[gym]") from err
+        raise ImportError("the gym environment needs gymnasium: pip install 'gymnasium>=1.0' (in a clone of "
+                          "agentrl: pip install -e '.[gym]')") from err
     return gymnasium
 
 
