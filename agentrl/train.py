@@ -432,9 +432,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 metrics |= timer.metrics()
             t.logger.log(iteration, metrics)
             t.iteration = iteration
+    except KeyboardInterrupt:  # Ctrl-C (an environment's own is caught by the runner): say what is lost
+        print(interrupted(t), file=sys.stderr)
+        raise
     finally:
         t.logger.close()
     return t.run_dir
+
+
+def interrupted(t: Trainer) -> str:
+    """What an interrupted run kept and lost, and how to go on."""
+    last = latest_checkpoint(t.run_dir)
+    if last is None:
+        return (f"interrupted in iteration {t.iteration + 1} before the first checkpoint: nothing is kept; "
+                f"agentrl train --resume {t.run_dir} starts the run again")
+    return (f"interrupted in iteration {t.iteration + 1}: the last checkpoint is {last.name}; "
+            f"agentrl train --resume {t.run_dir} goes on from there (the iterations after it run again)")
 
 
 def config_for(config: str | None, overrides: list[str], *, iterations: int | None, run_dir: str | None,

@@ -122,3 +122,27 @@ def test_failures_are_written_one_a_line(tmp_path: Path) -> None:
     record = json.loads(path.read_text())
     assert record == {"seed": 3, "group_id": "g3", "options": {"size": "small"},
                       "error": "reset raised \ufffd", "env_broken": True}
+
+
+def test_an_interrupted_run_says_what_it_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import agentrl.train as train_module
+
+    real, calls = train_module.run_iteration, []
+
+    def ctrl_c_in_iteration_3(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_iteration", ctrl_c_in_iteration_3)
+    run = tmp_path / "run"
+    args = ["train", "--config", str(ROOT / "examples" / "grpo_arithmetic.yaml"), "--run-dir", str(run),
+            "--quiet", "--iterations", "4", "--set", "run.checkpoint_every=1",
+            "--set", "rollout.tasks_per_iteration=2", "--set", "rollout.group_size=2"]
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    err = capsys.readouterr().err
+    kept = "interrupted in iteration 3: the last checkpoint is iter_000002"
+    assert f"{kept}; agentrl train --resume {run}" in err
