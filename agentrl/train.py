@@ -25,7 +25,8 @@ Everything random is derived from ``run.seed`` and the iteration number (task se
 learner's mini-batch order), and a checkpoint holds the weights, the optimiser states and every RNG
 state, so a run stopped after iteration k and resumed gives the same iterations k+1.. as one that never
 stopped (``perf/*`` timings aside). The run directory holds ``config.yaml`` (the resolved config),
-``metrics.jsonl``, ``tensorboard/``, ``episodes/``, ``checkpoints/`` and, for a fresh default model,
+``metrics.jsonl``, ``tensorboard/``, ``episodes/``, ``failures/`` (the tasks that gave no episode, and
+why: ``agentrl.failures``), ``checkpoints/`` and, for a fresh default model,
 ``initial_model/`` (the reference policy of the KL term is always the initial model).
 """
 
@@ -66,6 +67,7 @@ from agentrl.critic import (
 )
 from agentrl.diagnostics import credit_metrics
 from agentrl.episodes import save_episodes
+from agentrl.failures import FAILURES_DIR, check_not_empty, save_failures
 from agentrl.guards import DivergenceError, check_advantages, check_models, largest_weight
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
@@ -108,6 +110,7 @@ class Trainer:
     iteration: int  # the last iteration finished
     env_steps: int = 0  # environment steps (policy turns) of every episode so far
     initial_largest_weight: float = 1.0  # the divergence guard's scale (agentrl.guards)
+    empty_iterations: int = 0  # iterations in a row in which every task failed (agentrl.failures)
 
     @property
     def total_iterations(self) -> int:
@@ -308,7 +311,12 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
         result = t.runner.run(make_env, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0))
     episodes = result.episodes
     metrics = rollout_metrics(result.metrics, episodes)
-    if not episodes:  # every task failed: nothing to learn from; the failures are in the metrics
+    failures_file = t.run_dir / FAILURES_DIR / f"iter_{iteration:06d}.jsonl"
+    if result.failures:
+        save_failures(failures_file, result.failures)
+    t.empty_iterations = 0 if episodes else t.empty_iterations + 1
+    check_not_empty(t.empty_iterations, cfg.rollout.max_empty_iterations, result.failures, failures_file)
+    if not episodes:  # every task failed: nothing to learn from; the reasons are in failures/
         return metrics | timer.metrics()
 
     with timer.phase("advantages"):
@@ -452,6 +460,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             t.iteration = iteration
             if saved:
                 retain_checkpoints(t.run_dir, cfg)
+    except KeyboardInterrupt:  # Ctrl-C (an environment's own is caught by the runner): say what is lost
+        print(interrupted(t), file=sys.stderr)
+        raise
     finally:
         t.logger.close()
     return t.run_dir
@@ -474,6 +485,16 @@ def plan_line(cfg: TrainConfig) -> str:
         parts[-1] += ";"
     parts.append(f"writing {cfg.run_dir}")
     return " ".join(parts)
+
+
+def interrupted(t: Trainer) -> str:
+    """What an interrupted run kept and lost, and how to go on."""
+    last = latest_checkpoint(t.run_dir)
+    if last is None:
+        return (f"interrupted in iteration {t.iteration + 1} before the first checkpoint: nothing is kept; "
+                f"agentrl train --resume {t.run_dir} starts the run again")
+    return (f"interrupted in iteration {t.iteration + 1}: the last checkpoint is {last.name}; "
+            f"agentrl train --resume {t.run_dir} goes on from there (the iterations after it run again)")
 
 
 def config_for(config: str | None, overrides: list[str], *, iterations: int | None, run_dir: str | None,

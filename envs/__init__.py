@@ -15,8 +15,9 @@ def register_builtin(registry: Registry | None = None) -> None:
     from .arithmetic import Arithmetic
     from .code_fix import CodeFix
     from .graph_nav import GraphNav
-    from .gym_adapter import GymTextEnv
+    from .gym_discrete import GYM_DESCRIPTION, make_gym
     from .ledger import Ledger
 
-    for cls in (GraphNav, Ledger, Arithmetic, GymTextEnv, CodeFix):
+    for cls in (GraphNav, Ledger, Arithmetic, CodeFix):
         register(cls.name, cls, description=cls.description, registry=registry)
+    register("gym", make_gym, description=GYM_DESCRIPTION, registry=registry)
