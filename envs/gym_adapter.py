@@ -3,8 +3,7 @@
 ``GymTextEnv(game, **game_kwargs)`` wraps ``gymnasium.make(game, **game_kwargs)``. Gymnasium is an
 optional dependency (``pip install 'gymnasium>=1.0'``, or the ``gym`` extra of a clone); it is imported
 when a ``GymTextEnv`` is built, so ``import agentrl.envs`` works without it. The game ids are Gymnasium's
-own:
-with gymnasium 1.4 they are ``FrozenLake-v1``, ``FrozenLake8x8-v1``, ``Taxi-v4`` (``Taxi-v3`` in
+own: with gymnasium 1.4 they are ``FrozenLake-v1``, ``FrozenLake8x8-v1``, ``Taxi-v4`` (``Taxi-v3`` in
 gymnasium 1.0 to 1.2) and ``CliffWalking-v1``; any id of those three families that the installed
 gymnasium registers is accepted.
 
