@@ -66,6 +66,7 @@ from agentrl.episodes import save_episodes
 from agentrl.guards import DivergenceError, check_advantages, check_models, largest_weight
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
+    PERF_DECODE_PATH,
     PERF_WEIGHT_SYNC_S,
     ROLLOUT_ENV_STEPS,
     ROLLOUT_EPISODES,
@@ -299,6 +300,8 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
         result = t.runner.run(make_env, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0))
     episodes = result.episodes
     metrics = rollout_metrics(result.metrics, episodes)
+    if (path := getattr(t.runner.sampler, "decode_path", None)) is not None:  # the torch backend's
+        metrics[PERF_DECODE_PATH] = float(path == "lean")
     if not episodes:  # every task failed: nothing to learn from; the failures are in the metrics
         return metrics | timer.metrics()
 
