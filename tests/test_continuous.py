@@ -159,7 +159,8 @@ def test_the_slot_sampler_needs_the_lean_step_and_free_slots(tiny) -> None:
         pass
     assert done[0][0] == 1 and len(done[0][1].token_ids) <= 100
     reference = TorchSampler(model, lean_decode=False)
-    want = reference.generate([reference.open([5, 6, 7])], SamplingParams(temperature=0.0, max_new_tokens=100))
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=100)
+    want = reference.generate([reference.open([5, 6, 7])], greedy)
     assert done[0][1].token_ids == want[0].token_ids
     torch.testing.assert_close(torch.tensor(done[0][1].logprobs), torch.tensor(want[0].logprobs),
                                atol=1e-4, rtol=0)
