@@ -157,7 +157,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turns", type=int, default=8)
     p.add_argument("--max-response-tokens", type=int, default=32)
     p.add_argument("--tool-ms", type=float, default=20.0)
-    p.add_argument("--stop-scale", type=float, default=6.0, help="scale of the stop token's embedding row")
+    p.add_argument("--stop-scale", type=float, default=40.0, help="scale of the stop token's embedding row")
     p.add_argument("--growth-turns", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     return p.parse_args(argv)

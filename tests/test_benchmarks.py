@@ -52,6 +52,17 @@ def test_decode_step_prints_its_ratios(capsys) -> None:
     assert "same tokens on both paths (tiny): yes" in out
 
 
+def test_continuous_batching_prints_its_ratios(capsys) -> None:
+    import continuous_batching
+
+    args = ["--episodes", "2", "--turns", "2", "--growth-turns", "1", "--repeats", "1", "--tool-ms", "1"]
+    assert continuous_batching.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^throughput ratio continuous/static: \d+\.\d\d$", out, re.MULTILINE)
+    growth_row = r"^\| continuous \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \|$"
+    assert re.search(growth_row, out, re.MULTILINE)
+
+
 def test_grpo_against_trl_prints_its_ratio(capsys) -> None:
     pytest.importorskip("trl")
     import grpo_vs_trl
