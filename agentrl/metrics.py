@@ -100,6 +100,7 @@ PERF_SECONDS = {phase: f"perf/seconds_{phase}" for phase in PHASES}
 PERF_PEAK_MEMORY_MB = "perf/peak_memory_mb"
 PERF_PADDING_FRACTION = "perf/padding_fraction"
 PERF_WEIGHT_SYNC_S = "perf/weight_sync_s"
+PERF_DECODE_PATH = "perf/decode_path"  # 1 = the lean Qwen2 decode step, 0 = transformers' forward
 
 # Optimisation health.
 SKIPPED_UPDATES = "skipped_updates"
@@ -117,6 +118,7 @@ ALL_KEYS: tuple[str, ...] = (
     CRITIC_RETURN_MEAN, CRITIC_PRETRAINING, ADV_MEAN, ADV_STD,
     *CREDIT_SUB_TRACE.values(), CREDIT_GROUPS, CREDIT_UNEVEN_GROUPS,
     PERF_TOKENS_PER_S, *PERF_SECONDS.values(), PERF_PEAK_MEMORY_MB, PERF_PADDING_FRACTION, PERF_WEIGHT_SYNC_S,
+    PERF_DECODE_PATH,
     SKIPPED_UPDATES, GRAD_NORM_POLICY, GRAD_NORM_CRITIC,
 )
 

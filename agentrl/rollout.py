@@ -23,6 +23,9 @@ Data flow inside ``TorchSampler.generate`` (one call, all sessions batched):
    share their prompt) are prefilled once and their cache copied. Rows stop on a stop token or at
    ``max_new_tokens``; a finished row's cache is cut out (dropping its padding columns) and the row
    leaves the batch.
+   A decode step of a default (Qwen2) model goes through ``agentrl.decode_step.Qwen2DecodeStep``, the
+   same arithmetic without transformers' module calls; any other model takes its own forward
+   (``decode_path`` says which, ``lean_decode=False`` forces the forward).
 4. The last sampled token of a turn is not encoded in that call: it becomes the head of the session's
    queue, so history is never re-encoded and nothing is encoded twice.
 
@@ -59,6 +62,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from agentrl.decode_step import Qwen2DecodeStep
 from agentrl.hf_compat import cache_kwargs
 from agentrl.sampling import FinishReason, Generation, Sampler, SamplingParams, per_session
 
@@ -281,9 +285,12 @@ class TorchSampler:
 
     Args:
         model: a Hugging Face causal LM whose ``DynamicCache`` has only full-attention layers.
+        lean_decode: decode with ``agentrl.decode_step.Qwen2DecodeStep`` where it applies (the same
+            tokens and log-probs, a smaller fixed cost per step); False always uses transformers' forward.
+            ``decode_path`` says which one the last ``generate`` took.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, *, lean_decode: bool = True) -> None:
         layers = DynamicCache(config=model.config).layers
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             raise ValueError(
@@ -293,6 +300,9 @@ class TorchSampler:
         self.num_layers = len(layers)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self.num_encoded_tokens = 0  # real (non-padding) tokens fed to the model, for perf metrics and tests
+        self.lean_decode = lean_decode
+        self.decode_path: str | None = None  # "lean" or "transformers": the last generate's decode steps
+        self._lean: Qwen2DecodeStep | None = None
         self._sessions: dict[int, _Session] = {}
         self._next_id = 0
 
@@ -355,14 +365,29 @@ class TorchSampler:
             state.pending = [gen.token_ids[-1]]
         return results
 
+    def _decode_step(self) -> Qwen2DecodeStep | None:
+        """The lean decode step when it applies to the model as it is now (hooks may come and go), else
+        None (transformers' forward); sets ``decode_path``."""
+        if self.lean_decode and Qwen2DecodeStep.unsupported(self.model) is None:
+            if self._lean is None:
+                self._lean = Qwen2DecodeStep(self.model)
+            self.decode_path = "lean"
+            return self._lean
+        self.decode_path = "transformers"
+        return None
+
     def _decode(self, states: list[_Session], params: SamplingParams, limits: list[int]) -> _Recorder:
         """Prefill the queues, then decode step by step, row i for at most ``limits[i]`` tokens; fills each
         session's cache as its row stops."""
         device = self.device
+        step = self._decode_step()
         generator = _make_generator(params.seed, device)
         recorder = _Recorder(params, limits)
         self._encode_ahead(states)
         capacity = max(s.length for s in states) + max(len(s.pending) for s in states) + max(limits)
+        if step is not None:
+            step.refresh()
+            step.reserve(capacity)  # no position exceeds the longest row's tokens
         # Sessions that start from the same prompt (a GRPO group's) are prefilled once, then copied.
         reps, twin = _prefill_groups(states)
         unique = [states[i] for i in reps]
@@ -389,7 +414,10 @@ class TorchSampler:
                 rows = [rows[r] for r in keep]
             mask_BT = torch.cat([mask_BT, mask_BT.new_ones(len(rows), 1)], dim=1)
             self.num_encoded_tokens += len(rows)
-            logits_BV = self._forward(tokens_B[:, None], mask_BT, positions_B[:, None], cache)
+            if step is not None:
+                logits_BV = step(tokens_B, positions_B, mask_BT, cache.layers)
+            else:
+                logits_BV = self._forward(tokens_B[:, None], mask_BT, positions_B[:, None], cache)
             positions_B = positions_B + 1
 
     def _encode_ahead(self, states: list[_Session]) -> None:

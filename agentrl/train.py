@@ -72,6 +72,7 @@ from agentrl.guards import DivergenceError, check_advantages, check_models, larg
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
     ALL_KEYS,
+    PERF_DECODE_PATH,
     PERF_WEIGHT_SYNC_S,
     ROLLOUT_ENV_STEPS,
     ROLLOUT_EPISODES,
@@ -311,6 +312,8 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
         result = t.runner.run(make_env, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0))
     episodes = result.episodes
     metrics = rollout_metrics(result.metrics, episodes)
+    if (path := getattr(t.runner.sampler, "decode_path", None)) is not None:  # the torch backend's
+        metrics[PERF_DECODE_PATH] = float(path == "lean")
     failures_file = t.run_dir / FAILURES_DIR / f"iter_{iteration:06d}.jsonl"
     if result.failures:
         save_failures(failures_file, result.failures)

@@ -10,16 +10,23 @@ The same work on both sides:
 - 4 prompts x 8 generations per step, at most 32 completion tokens, temperature 1;
 - beta 0.04 with the k3 estimator to the frozen initial model, clip 0.2 / 0.28, token-mean loss;
 - one optimiser update per step (one mini-batch, one epoch), AdamW at the same constant learning rate,
-  gradient norm clipped to 1;
+  gradient norm clipped to 1; no activation checkpointing (TRL's default turns it on);
 - reward 1 when the reply's last integer is the result (``envs.arithmetic.last_integer``).
 
 A step is everything between two updates: sampling, reward, reference log-probs, advantages, loss,
 backward, optimiser step. agentrl's is ``agentrl.train.run_iteration`` (which also writes the episodes
 to JSONL, as a real run does); TRL's is ``Trainer.training_step`` plus the optimiser step, timed by a
 callback from ``on_step_begin`` to ``on_step_end``. Both run in one process on ``--threads`` torch
-threads, in alternating blocks of ``--steps`` steps (the order flips every round) after ``--warmup``
-steps each; the median step time of each is reported, with the ratio agentrl/TRL (target <= 0.5).
-``--profile`` adds the time of each phase of a step (medians).
+threads, in alternating blocks of ``--steps`` steps, ``--rounds`` blocks each (the order flips every
+round), after ``--warmup`` steps each.
+
+Times are this thread's CPU time by default (``--clock cpu``, one torch thread: all the work of both
+sides runs on the calling thread), so that another job on a shared machine, which takes cores away,
+does not move them; ``--clock wall`` times wall-clock seconds. Reported: the median step time of each
+side and their ratio agentrl/TRL (target <= 0.45), and the spread of the ratio pair by pair: round by
+round (the median of a round's agentrl block over the median of the TRL block next to it) and step by
+step (the k-th step of one side's block over the k-th of the other's, every round). ``--profile`` adds
+the time of each phase of a step (medians).
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from agentrl.envs.arithmetic import last_integer
 
+import agentrl.metrics as agentrl_metrics
 from agentrl.chat import ChatFormat
 from agentrl.config import load_config
 from agentrl.models import init_model, load_model
@@ -42,6 +51,7 @@ from agentrl.registry import make
 from agentrl.train import build, run_iteration, tasks_for
 
 PROMPTS, GENERATIONS, MAX_COMPLETION, BETA, LR = 4, 8, 32, 0.04, 1e-5
+CLOCK = [time.thread_time]  # time.perf_counter with --clock wall
 ENV_OPTIONS = {"num_operands": 2, "max_value": 9}
 
 
@@ -85,9 +95,9 @@ class AgentrlSide:
 
     def step(self) -> tuple[float, dict[str, float]]:
         self.iteration += 1
-        start = time.perf_counter()
+        start = CLOCK[0]()
         metrics = run_iteration(self.trainer, self.iteration)
-        seconds = time.perf_counter() - start
+        seconds = CLOCK[0]() - start
         self.completion_tokens.append(metrics["rollout/policy_tokens"] / metrics["rollout/episodes"])
         prefix = "perf/seconds_"
         phases = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
@@ -113,10 +123,10 @@ class TRLSide:
         class Timer(TrainerCallback):
             def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 side._current = {}
-                side._start = time.perf_counter()
+                side._start = CLOCK[0]()
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                seconds = time.perf_counter() - side._start
+                seconds = CLOCK[0]() - side._start
                 side.step_seconds.append(seconds)
                 phases = dict(side._current)  # "generate" runs inside "generate+score+reference"
                 phases["score+reference"] = phases.pop("generate+score+reference") - phases["generate"]
@@ -135,6 +145,9 @@ class TRLSide:
             beta=BETA, epsilon=0.2, epsilon_high=0.28, loss_type="dapo", scale_rewards="group",
             learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
             max_grad_norm=1.0,
+            # TRL's GRPOConfig turns activation checkpointing on by default (a memory saving that redoes
+            # every layer's forward in the backward); agentrl does not checkpoint, so the same work is off
+            gradient_checkpointing=False,
             seed=0, max_steps=1,
         )
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -149,11 +162,11 @@ class TRLSide:
 
         def timed(name: str, fn: Any) -> Any:
             def wrapper(*a: Any, **k: Any) -> Any:
-                start = time.perf_counter()
+                start = CLOCK[0]()
                 try:
                     return fn(*a, **k)
                 finally:
-                    self._current[name] = self._current.get(name, 0.0) + time.perf_counter() - start
+                    self._current[name] = self._current.get(name, 0.0) + CLOCK[0]() - start
             return wrapper
 
         generate, score = t._generate, t._generate_and_score_completions
@@ -184,15 +197,35 @@ def phase_table(name: str, phases: Sequence[dict[str, float]]) -> list[str]:
     return lines
 
 
+def spread(ours: Sequence[Sequence[float]], theirs: Sequence[Sequence[float]]) -> list[str]:
+    """The ratio agentrl/TRL pair by pair: per round (block medians) and per step (k-th against k-th)."""
+    rounds = [statistics.median(a) / statistics.median(b) for a, b in zip(ours, theirs, strict=True)]
+    steps = sorted(x / y for a, b in zip(ours, theirs, strict=True) for x, y in zip(a, b, strict=True))
+    q = statistics.quantiles(steps, n=4) if len(steps) > 1 else [steps[0]] * 3
+    return [
+        "ratio by round (block medians): " + ", ".join(f"{r:.2f}" for r in rounds)
+        + f"; median {statistics.median(rounds):.2f}, range {min(rounds):.2f}-{max(rounds):.2f}",
+        f"ratio step by step ({len(steps)} pairs): median {statistics.median(steps):.2f}, "
+        f"quartiles {q[0]:.2f}-{q[2]:.2f}, range {steps[0]:.2f}-{steps[-1]:.2f}",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=8, help="timed steps per block")
-    p.add_argument("--rounds", type=int, default=2,
+    p.add_argument("--steps", type=int, default=4, help="timed steps per block")
+    p.add_argument("--rounds", type=int, default=6,
                    help="blocks per side, alternating (the order flips each round)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="this thread's CPU time (default; needs --threads 1) or wall time")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of each side first")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--profile", action="store_true", help="print each side's phases")
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu: measures the calling thread only, so it needs --threads 1")
+    CLOCK[0] = time.thread_time if args.clock == "cpu" else time.perf_counter
+    # agentrl's phase profile comes from its PhaseTimer (wall time): read on the same clock as the rest
+    agentrl_metrics.time = SimpleNamespace(**vars(time) | {"perf_counter": CLOCK[0]})
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     import transformers
@@ -217,22 +250,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             ours.step()
         theirs.steps(args.warmup)
         warm_trl = len(theirs.step_seconds)
-        ours_times, ours_phases = [], []
+        ours_blocks: list[list[float]] = []
+        trl_blocks: list[list[float]] = []
+        ours_phases = []
         for r in range(args.rounds):
             order = ("agentrl", "trl") if r % 2 == 0 else ("trl", "agentrl")
             for side in order:
                 if side == "agentrl":
+                    ours_blocks.append([])
                     for _ in range(args.steps):
                         s, ph = ours.step()
-                        ours_times.append(s)
+                        ours_blocks[-1].append(s)
                         ours_phases.append(ph)
                 else:
-                    theirs.steps(args.steps)
-        trl_times = theirs.step_seconds[warm_trl:]
+                    trl_blocks.append(theirs.steps(args.steps))
+        ours_times = [t for block in ours_blocks for t in block]
+        trl_times = [t for block in trl_blocks for t in block]
 
     a, b = statistics.median(ours_times), statistics.median(trl_times)
     print(f"GRPO step, {PROMPTS} prompts x {GENERATIONS} generations, <= {MAX_COMPLETION} completion tokens, "
-          f"tiny model, CPU, {args.threads} thread(s); torch {torch.__version__}, "
+          f"tiny model, CPU, {args.threads} thread(s), {args.clock} time; torch {torch.__version__}, "
           f"transformers {transformers.__version__}, trl {trl.__version__}")
     print(f"{'side':<10}{'steps':>7}{'median s/step':>15}{'min':>9}{'max':>9}{'completion tokens':>19}")
     for name, times, tokens in (("agentrl", ours_times, ours.completion_tokens),
@@ -242,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         print("\n".join(phase_table("agentrl", ours_phases)))
         print("\n".join(phase_table("TRL", theirs.phases[warm_trl:])))
+    print("\n".join(spread(ours_blocks, trl_blocks)))
     print(f"ratio agentrl/TRL: {a / b:.2f}")
     return 0
 

@@ -43,6 +43,26 @@ def test_scaling_prints_its_table(capsys) -> None:
     assert rows[0][-1] == "1.00" and rows[0][-5] == "1.00"  # the base against itself
 
 
+def test_decode_step_prints_its_ratios(capsys) -> None:
+    import decode_step
+
+    assert decode_step.main(["--sizes", "tiny", "--batch", "1", "2", "--steps", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^fixed-cost ratio lean/transformers \(tiny\): \d+\.\d\d$", out, re.MULTILINE)
+    assert "same tokens on both paths (tiny): yes" in out
+
+
+def test_continuous_batching_prints_its_ratios(capsys) -> None:
+    import continuous_batching
+
+    args = ["--episodes", "2", "--turns", "2", "--growth-turns", "1", "--repeats", "1", "--tool-ms", "1"]
+    assert continuous_batching.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^throughput ratio continuous/static: \d+\.\d\d$", out, re.MULTILINE)
+    growth_row = r"^\| continuous \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \|$"
+    assert re.search(growth_row, out, re.MULTILINE)
+
+
 def test_grpo_against_trl_prints_its_ratio(capsys) -> None:
     pytest.importorskip("trl")
     import grpo_vs_trl

@@ -58,6 +58,7 @@ def test_train_runs_and_every_trained_parameter_changes(tmp_path: Path, config: 
         ev = last["critic/explained_variance"]
         assert (ev is None) == (last["rollout/reward_std"] == 0) and (ev is None or math.isfinite(ev))
     assert all(r["skipped_updates"] == 0 for r in records)
+    assert all(r["perf/decode_path"] == 1.0 for r in records)  # the default Qwen2 takes the lean step
     logged = {key for r in records for key in r} - {"iteration"}
     assert logged <= set(ALL_KEYS), logged - set(ALL_KEYS)  # every logged key is in the glossary
     assert last["credit/groups"] >= 1 and "credit/sub_trace_0/adv_var" in last  # the credit diagnostics
