@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from agentrl.envs.graph_nav import GraphNav
 
 from agentrl.chat import ChatFormat
 from agentrl.compaction import CompactionConfig
@@ -42,7 +43,6 @@ from agentrl.models import init_model, load_model
 from agentrl.rollout import TorchSampler
 from agentrl.runner import Runner, RunnerConfig, RunResult, Task
 from agentrl.slot_sampler import SlotSampler
-from envs.graph_nav import GraphNav
 
 
 class SlowNudged(GraphNav):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from agentrl.envs.graph_nav import GraphNav
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from agentrl.chat import ChatFormat
@@ -21,7 +22,6 @@ from agentrl.rollout import TorchSampler
 from agentrl.runner import Runner, RunnerConfig, Task
 from agentrl.sampling import SamplingParams
 from agentrl.slot_sampler import SlotSampler
-from envs.graph_nav import GraphNav
 
 
 class Nudged(GraphNav):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from agentrl.envs.graph_nav import GraphNav
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from agentrl.chat import ChatFormat
@@ -16,7 +17,6 @@ from agentrl.decode_step import Qwen2DecodeStep
 from agentrl.models import init_model, load_model
 from agentrl.rollout import SamplingParams, TorchSampler
 from agentrl.runner import Runner, RunnerConfig, Task
-from envs.graph_nav import GraphNav
 
 TOLERANCE = 1e-5  # float32
 
