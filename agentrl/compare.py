@@ -9,9 +9,11 @@ same budget of environment steps, evaluated on held-out tasks, with a report.
 What it does:
 
 1. **Arms.** One per algorithm, from its ``--config`` file (one per algorithm, whatever its name) or
-   ``<config-dir>/<algo>_<env>.yaml`` (default: the example configs installed with the package), with
-   ``--env`` (which replaces the configs' environment and its options: a graph_nav ``size`` is no
-   option of another environment), each ``--env-option`` and every ``--set`` applied, plus one per
+   ``<config-dir>/<algo>_<env>.yaml`` (default: the example configs installed with the package). With
+   ``--config`` files, ``--env`` replaces the configs' environment and its options (a graph_nav
+   ``size`` is no option of another environment); without, ``--env`` names a setting (``ledger_long``
+   is ``ledger`` with 48 records) and the configs' environment stays. Then each ``--env-option`` and
+   every ``--set`` is applied, plus one per
    variant and algorithm it applies to: ``--variant NAME:key=value[,key=value]`` adds the
    arm ``<algo>+NAME`` with those overrides on top. A variant applies to an algorithm when one of its
    keys is under that algorithm's section (``ppo.aggregation=...`` makes only ``ppo+NAME``), or when
@@ -212,7 +214,8 @@ def plan(env: str | None, *, algos: Sequence[str] | None, seeds: int, budget: in
         raise ValueError(f"--budget: expected an int >= 1 (environment steps), got {budget}")
     files = base_files(env, algos, config_dir, configs)
     arms = arms_for(list(files), variants)
-    overrides = [*env_overrides(env, env_options), *overrides]
+    # without --config, --env named the files, whose environment is the setting's (ledger_long: ledger)
+    overrides = [*env_overrides(env if configs else None, env_options), *overrides]
     bases = [_base_config(path, overrides) for path in files.values()]
     model_path, write_default = _start_model(bases, model, out)
     runs: dict[str, list[tuple[int, TrainConfig]]] = {}

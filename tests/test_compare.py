@@ -300,3 +300,18 @@ def test_welch_verdict_by_hand() -> None:
         "**ppo against grpo**: ppo has the higher held-out success, significant at n = 3")
     flat = verdict("ppo", [0.0, 0.0], "grpo", [0.0, 0.0], what="held-out success")
     assert "gave the same held-out success" in flat and "no Welch's t-test" in flat
+
+
+def test_env_names_a_setting_without_config_files_and_replaces_the_env_with_them(tmp_path: Path) -> None:
+    from agentrl.compare import plan
+
+    common = dict(seeds=1, budget=8, out=tmp_path, model=None, overrides=[], variants=[])
+    # --env ledger_long finds <algo>_ledger_long.yaml, whose environment is ledger with 48 records
+    p = plan("ledger_long", algos=["ppo", "grpo"], config_dir=EXAMPLES, **common)
+    for _, cfg in (run for runs in p.runs.values() for run in runs):
+        assert cfg.env.name == "ledger" and cfg.env.options["num_records"] == 48
+    # with --config files, --env replaces their environment and drops its options (graph_nav's size)
+    p = plan("arithmetic", algos=None, config_dir=None, configs=[EXAMPLES / "ppo_graph_nav.yaml"],
+             env_options=["max_value=2"], **common)
+    ((_, cfg),) = p.runs["ppo"]
+    assert cfg.env.name == "arithmetic" and dict(cfg.env.options) == {"max_value": 2}
