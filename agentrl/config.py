@@ -632,6 +632,7 @@ class DistributedSection(_Section):
             sampling seed; the episodes depend on the shards, never on how many workers play them. At
             most ``rollout.tasks_per_iteration``; null: ``max(1, rollout_workers)``.
         worker_cpus: the CPUs Ray reserves for each rollout worker, > 0 (fractions allowed).
+        worker_gpus: the GPUs Ray reserves for each rollout worker, >= 0; above 0 it samples on CUDA.
         worker_timeout_s: a shard that runs longer than this is declared hung: its worker is killed, its
             finished episodes kept and its other tasks recorded as failures; > 0.
         shard_retries: how many times a shard whose worker died is played again on a new worker (it
@@ -648,6 +649,7 @@ class DistributedSection(_Section):
     rollout_workers: int = 0
     rollout_shards: int | None = None
     worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
     worker_timeout_s: float = 600.0
     shard_retries: int = 1
     ray_address: str | None = None
@@ -660,6 +662,7 @@ class DistributedSection(_Section):
         self._check("rollout_shards", self.rollout_shards is None or self.rollout_shards >= 1,
                     "null or an int >= 1")
         self._check("worker_cpus", self.worker_cpus > 0, "a number > 0")
+        self._check("worker_gpus", self.worker_gpus >= 0, "a number >= 0")
         self._check("worker_timeout_s", self.worker_timeout_s > 0, "a number > 0")
         self._check("shard_retries", self.shard_retries >= 0, "an int >= 0")
         self._check("ray_address", self.ray_address is None or self.rollout_workers >= 1,

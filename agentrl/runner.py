@@ -284,6 +284,7 @@ class Runner:
         *,
         seed: int | None = None,
         teacher: bool = False,
+        on_episode: Callable[[int, Episode], None] | None = None,
     ) -> RunResult:
         """Run every task to its end; ``make_env`` builds an environment when no free one is left.
 
@@ -296,13 +297,18 @@ class Runner:
         ``state_digest()``, each encoded and closed with the stop token, with log-prob 0 (they were not
         sampled). The sampler is not used. An episode whose expert has no action (None) ends truncated
         with reason ``no_expert``. The episodes are demonstrations for a supervised warm start.
+
+        ``on_episode(task_index, episode)`` is called as each episode finishes, so that a caller can keep
+        the finished ones of a run that never returns (a rollout worker whose environment hangs).
         """
         if teacher:
-            return Runner(NoSampler(), self.chat, self.config)._loop(make_env, tasks, seed, teacher=True)
-        return self._loop(make_env, tasks, seed, teacher=False)
+            teach = Runner(NoSampler(), self.chat, self.config)
+            return teach._loop(make_env, tasks, seed, teacher=True, on_episode=on_episode)
+        return self._loop(make_env, tasks, seed, teacher=False, on_episode=on_episode)
 
     def _loop(
-        self, make_env: Callable[[], Env], tasks: Sequence[Task], seed: int | None, *, teacher: bool
+        self, make_env: Callable[[], Env], tasks: Sequence[Task], seed: int | None, *, teacher: bool,
+        on_episode: Callable[[int, Episode], None] | None = None,
     ) -> RunResult:
         cfg = self.config
         rng = random.Random(seed)
@@ -351,6 +357,8 @@ class Runner:
                                                       "before its first action"))
                 else:
                     done[run.index] = episode
+                    if on_episode is not None:
+                        on_episode(run.index, episode)
                 if run.reason != "env_error":  # an env that crashed is not reused
                     free.append(run.env)
         episodes = [done[i] for i in sorted(done)]
