@@ -25,7 +25,8 @@ is ``SINGLE``: every call is the identity and nothing touches torch.distributed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -60,6 +61,19 @@ class DataParallel:
         total = torch.tensor([count], dtype=torch.int64, device=device)
         dist.all_reduce(total)
         return int(total.item())
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (pickled; the others pass anything, e.g. None)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.world > 1:
+            dist.barrier()
 
     def sum_(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over the ranks, in place (a 0-d or any tensor)."""
@@ -118,3 +132,33 @@ def init_from_env(backend: str, ranks: int) -> DataParallel:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return DataParallel(dist.get_rank(), dist.get_world_size())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rank_entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if "OMP_NUM_THREADS" not in os.environ:  # the ranks share the machine's cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    fn(*args, **kwargs)
+
+
+def launch(ranks: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``fn(*args, **kwargs)`` in ``ranks`` spawned processes on this machine, each with the
+    environment ``torchrun --nproc-per-node ranks`` would give it; returns when all have finished (a
+    rank that fails raises here). On several machines, start the ranks with ``torchrun`` instead."""
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    mp.start_processes(_rank_entry, args=(ranks, port, fn, args, kwargs), nprocs=ranks, join=True,
+                       start_method="spawn")
+
+
+def needs_launch(ranks: int) -> bool:
+    """Whether a run of ``ranks`` learner ranks must start them (none was started by torchrun)."""
+    return ranks > 1 and "WORLD_SIZE" not in os.environ

@@ -61,6 +61,7 @@ from agentrl.critic import (
     load_shared_value_head,
     reference_from_policy,
 )
+from agentrl.data_parallel import SINGLE, DataParallel, init_from_env, launch, needs_launch
 from agentrl.diagnostics import credit_metrics
 from agentrl.episodes import save_episodes
 from agentrl.guards import DivergenceError, check_advantages, check_models, largest_weight
@@ -78,9 +79,10 @@ from agentrl.metrics import (
 )
 from agentrl.models import init_model, load_model
 from agentrl.outputs import check_writable_dir
-from agentrl.registry import make
+from agentrl.rollout import TorchSampler
+from agentrl.rollout_shards import Rollout
 from agentrl.runner import Runner, Task
-from agentrl.weight_sync import push_weights
+from agentrl.scale_out import make_rollout, play, push
 
 CONFIG_FILE = "config.yaml"
 INITIAL_MODEL_DIR = "initial_model"
@@ -104,6 +106,8 @@ class Trainer:
     iteration: int  # the last iteration finished
     env_steps: int = 0  # environment steps (policy turns) of every episode so far
     initial_largest_weight: float = 1.0  # the divergence guard's scale (agentrl.guards)
+    rollout: Rollout | None = None  # rank 0's (agentrl.scale_out); None on the other learner ranks
+    parallel: DataParallel = SINGLE  # this process's learner rank
 
     @property
     def total_iterations(self) -> int:
@@ -202,13 +206,19 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     if resume and not list_checkpoints(run_dir):
         print(f"agentrl train: {run_dir} has no complete checkpoint yet; starting it from iteration 0",
               file=sys.stderr)
+    parallel = init_from_env(cfg.distributed.backend, cfg.distributed.learner_ranks)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / CONFIG_FILE)
+    if parallel.is_main:
+        save_config(cfg, run_dir / CONFIG_FILE)
     random.seed(cfg.run.seed)
     np.random.seed(cfg.run.seed % 2**32)
     torch.manual_seed(cfg.run.seed)
 
+    if not parallel.is_main:  # rank 0 writes a fresh initial model; the others read it
+        parallel.barrier()
     initial = _initial_model_dir(cfg, run_dir)
+    if parallel.is_main:
+        parallel.barrier()
     point = _resume_point(cfg, run_dir, device) if resume else None
     weights = initial  # the policy's weights on disk, for a rollout engine that loads its own
     if point is None:
@@ -221,21 +231,41 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     if cfg.needs_reference:  # the initial policy, frozen, whether or not the run resumes
         reference = reference_from_policy(load_policy(initial, cfg, device)[0])
     learner = Learner(cfg, policy, critic=critic, reference=reference, seed=cfg.run.seed,
-                      pad_id=tokenizer.pad_token_id or 0)
+                      pad_id=tokenizer.pad_token_id or 0, parallel=parallel)
     iteration, extra = 0, {}
     if state is not None:
         learner.load_state_dict(state.extra["learner"])
         restore_rng(state.rng)
         iteration, extra = state.iteration, state.extra
     chat = ChatFormat(tokenizer)
-    sampler = make_sampler(cfg.rollout.backend, policy, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
+    local = parallel.is_main and cfg.distributed.rollout_workers == 0  # else the sampler is never used
+    sampler = (make_sampler(cfg.rollout.backend, policy, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
+               if local else TorchSampler(policy))
     runner = Runner(sampler, chat, cfg.to_runner_config())
-    logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
-                           resume_from_iteration=iteration if resume else None)
-    env_steps = _restore_records(logger, iteration, extra) if resume else 0
+    if parallel.is_main:
+        logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
+                               resume_from_iteration=iteration if resume else None)
+        env_steps = _restore_records(logger, iteration, extra) if resume else 0
+    else:  # rank 0 alone writes the run directory
+        logger = _Unlogged(run_dir)
+        env_steps = int(extra.get("env_steps", 0))
     largest = extra.get("initial_largest_weight", largest_weight(policy))
+    rollout = make_rollout(cfg, runner, weights, policy, parallel)
     return Trainer(cfg, run_dir, policy, tokenizer, critic, learner, runner, chat, logger, iteration,
-                   env_steps, largest)
+                   env_steps, largest, rollout, parallel)
+
+
+class _Unlogged(MetricsLogger):
+    """A learner rank other than 0: logs nothing, writes nothing."""
+
+    def __init__(self, run_dir: Path) -> None:  # noqa: D107 - no file opened
+        self.run_dir = run_dir
+
+    def log(self, iteration: int, metrics: Any) -> dict[str, float]:
+        return {key: float(value) for key, value in metrics.items()}
+
+    def close(self) -> None:
+        pass
 
 
 def _holds_run(run_dir: Path) -> bool:
@@ -292,11 +322,8 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
     """Rollout, advantages, update for one iteration; returns its metrics (not yet logged)."""
     cfg, timer = t.cfg, PhaseTimer()
 
-    def make_env() -> Any:
-        return make(cfg.env.name, **cfg.env.options)
-
     with timer.phase("rollout"):
-        result = t.runner.run(make_env, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0))
+        result = play(t.rollout, t.parallel, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0))
     episodes = result.episodes
     metrics = rollout_metrics(result.metrics, episodes)
     if not episodes:  # every task failed: nothing to learn from; the failures are in the metrics
@@ -331,15 +358,16 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
         metrics |= update
     metrics["skipped_updates"] = skipped
 
-    save_episodes(t.run_dir / EPISODES_DIR / f"iter_{iteration:06d}.jsonl", episodes, decode=t.chat.decode,
-                  token_fields=_token_fields(rows, episodes))
+    if t.parallel.is_main:
+        save_episodes(t.run_dir / EPISODES_DIR / f"iter_{iteration:06d}.jsonl", episodes,
+                      decode=t.chat.decode, token_fields=_token_fields(rows, episodes))
     memory = peak_memory_mb(next(t.policy.parameters()).device)
     return metrics | timer.metrics() | {"perf/peak_memory_mb": memory}
 
 
 def _sync(t: Trainer) -> dict[str, float]:
-    """Give the sampler the updated policy's weights (a vLLM engine keeps its own copy)."""
-    seconds = push_weights(t.runner.sampler, t.policy)
+    """Give the rollout the updated policy's weights (a vLLM engine or a Ray worker keeps its own copy)."""
+    seconds = push(t.rollout, t.policy)
     return {} if seconds is None else {PERF_WEIGHT_SYNC_S: seconds}
 
 
@@ -401,7 +429,11 @@ def check_divergence(t: Trainer, iteration: int) -> None:
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) training to ``run.iterations``, or until ``run.max_env_steps`` environment steps
-    are spent; returns the run directory."""
+    are spent; returns the run directory. With ``distributed.learner_ranks`` above 1 and no ranks
+    started by ``torchrun``, it starts them here (``agentrl.data_parallel.launch``)."""
+    if needs_launch(cfg.distributed.learner_ranks):
+        launch(cfg.distributed.learner_ranks, train, cfg, resume=resume, progress=progress)
+        return cfg.run_dir
     t = build(cfg, resume=resume, progress=progress)
     try:
         for iteration in range(t.iteration + 1, t.total_iterations + 1):
@@ -417,7 +449,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 raise
             last = iteration == t.total_iterations or t.budget_spent
             every = cfg.run.checkpoint_every
-            if last or (every and iteration % every == 0):
+            if t.parallel.is_main and (last or (every and iteration % every == 0)):
                 timer = PhaseTimer()
                 with timer.phase("checkpoint"):
                     checkpoint(t, iteration, metrics)
@@ -426,6 +458,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             t.iteration = iteration
     finally:
         t.logger.close()
+        if t.rollout is not None:
+            t.rollout.close()
     return t.run_dir
 
 
