@@ -21,7 +21,9 @@ from typing import Any
 
 from agentrl.config import TrainConfig
 from agentrl.data_parallel import DataParallel
+from agentrl.overlap import OverlappedRollout, PolicyCopy
 from agentrl.registry import make
+from agentrl.rollout import TorchSampler
 from agentrl.rollout_shards import InProcessRollout, Rollout
 from agentrl.runner import Runner, RunResult, Task
 from agentrl.weight_sync import push_weights
@@ -33,17 +35,31 @@ def make_rollout(cfg: TrainConfig, runner: Runner, model_dir: Path, policy: Any,
     if not parallel.is_main:
         return None
     d = cfg.distributed
-    if d.rollout_workers == 0:
-        env = cfg.env
+    if d.rollout_workers >= 1:
+        from agentrl.ray_rollout import RayRollout
+
+        rollout: Rollout = RayRollout(cfg, model_dir, policy)
+        return OverlappedRollout(rollout, rollout.sampler) if d.overlap else rollout
+    env = cfg.env
+    if not d.overlap:
         return InProcessRollout(runner, lambda: make(env.name, **env.options), d.shards)
-    from agentrl.ray_rollout import RayRollout
+    # overlap: the runner samples while the learner updates; a torch sampler then needs its own copy
+    target = runner.sampler
+    if isinstance(runner.sampler, TorchSampler):
+        target = PolicyCopy(policy)
+        runner = Runner(TorchSampler(target.model), runner.chat, runner.config)
+    inner = InProcessRollout(runner, lambda: make(env.name, **env.options), d.shards)
+    return OverlappedRollout(inner, target)
 
-    return RayRollout(cfg, model_dir, policy)
 
-
-def play(rollout: Rollout | None, parallel: DataParallel, tasks: Sequence[Task], *, seed: int) -> RunResult:
-    """The iteration's episodes, played by rank 0 and given to every rank."""
-    result = rollout.run(tasks, seed=seed) if rollout is not None else None
+def play(rollout: Rollout | None, parallel: DataParallel, tasks: Sequence[Task], *, seed: int,
+         upcoming: tuple[Sequence[Task], int] | None = None) -> RunResult:
+    """The iteration's episodes, played by rank 0 and given to every rank; with overlap, ``upcoming``
+    (the next iteration's tasks and seed) starts playing in the background."""
+    if isinstance(rollout, OverlappedRollout):
+        result = rollout.run(tasks, seed=seed, upcoming=upcoming)
+    else:
+        result = rollout.run(tasks, seed=seed) if rollout is not None else None
     return parallel.broadcast(result)
 
 

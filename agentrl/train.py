@@ -322,8 +322,12 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
     """Rollout, advantages, update for one iteration; returns its metrics (not yet logged)."""
     cfg, timer = t.cfg, PhaseTimer()
 
+    upcoming = None  # with distributed.overlap, the next iteration plays while this one updates
+    if iteration < t.total_iterations:
+        upcoming = (tasks_for(cfg, iteration + 1), _seed(cfg, iteration + 1, 0))
     with timer.phase("rollout"):
-        result = play(t.rollout, t.parallel, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0))
+        result = play(t.rollout, t.parallel, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0),
+                      upcoming=upcoming)
     episodes = result.episodes
     metrics = rollout_metrics(result.metrics, episodes)
     if not episodes:  # every task failed: nothing to learn from; the failures are in the metrics
