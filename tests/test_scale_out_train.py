@@ -72,3 +72,27 @@ def test_two_workers_two_ranks_killed_and_resumed_match_one_process(tmp_path: Pa
         assert mine.keys() == theirs.keys()
         for key, value in theirs.items():
             assert mine[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (mine["iteration"], key)
+
+
+def test_compare_runs_its_arms_on_two_learner_ranks(tmp_path: Path) -> None:
+    """``agentrl compare`` takes the section as ``train`` does: an arm on 2 ranks learns what 1 rank does."""
+    from agentrl.config import load_config
+
+    def compare(out: Path, *extra: str) -> list[dict]:
+        sets = ["rollout.tasks_per_iteration=4", "rollout.group_size=2", "rollout.max_concurrent=8",
+                "optim.micro_batch_tokens=256", "run.checkpoint_every=0", "distributed.rollout_shards=2",
+                *extra]
+        # PPO: at the start GRPO's arithmetic rewards are all 0, its gradient is float noise (which
+        # Adam's first step blows up to full size), and no two layouts of the sums agree on noise
+        argv = ["compare", "--env", "arithmetic", "--algos", "ppo", "--seeds", "1", "--budget", "16",
+                "--config-dir", str(ROOT / "examples"), "--eval-episodes", "4", "--out", str(out), "--quiet"]
+        assert main(argv + [x for s in sets for x in ("--set", s)]) == 0
+        (run,) = [p.parent for p in out.rglob("metrics.jsonl")]
+        assert load_config(run / "config.yaml").distributed.learner_ranks == (2 if extra else 1)
+        return learned(read_metrics(run))
+
+    two, one = compare(tmp_path / "two", "distributed.learner_ranks=2"), compare(tmp_path / "one")
+    assert len(two) == len(one) >= 2
+    for mine, theirs in zip(two, one, strict=True):
+        for key, value in theirs.items():
+            assert mine[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
