@@ -140,7 +140,15 @@ class RayRollout:
         self._weights: Any = None
         self.workers = [self._spawn() for _ in range(d.rollout_workers)]
         self.lost_workers = 0  # over the run: workers that died or hung and were replaced
-        self.load_weights(policy.state_dict().items())
+        try:  # a cluster without the CPUs (or GPUs) asked for never places the actors: say so
+            self.load_weights(policy.state_dict().items(), timeout=d.worker_timeout_s)
+        except self.ray.exceptions.GetTimeoutError:
+            self.close()
+            have = self.ray.cluster_resources()
+            raise ValueError(
+                f"distributed.rollout_workers: {d.rollout_workers} workers of {d.worker_cpus:g} CPUs "
+                f"({d.worker_gpus:g} GPUs) each did not start within {d.worker_timeout_s:g}s; the cluster "
+                f"has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs") from None
 
     @property
     def sampler(self) -> RayRollout:
@@ -154,12 +162,12 @@ class RayRollout:
             self.ray.get(worker.set_weights.remote(self._weights))
         return worker
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, Any]], timeout: float | None = None) -> None:
         """Put the weights into the object store once; every worker loads that copy before its next shard
-        (Ray runs an actor's calls in order; this waits until all have loaded)."""
+        (this waits until all have loaded, at most ``timeout`` seconds)."""
         state = {name: tensor.detach().cpu().clone() for name, tensor in named_tensors}
         self._weights = self.ray.put(state)
-        self.ray.get([w.set_weights.remote(self._weights) for w in self.workers])
+        self.ray.get([w.set_weights.remote(self._weights) for w in self.workers], timeout=timeout)
 
     def run(self, tasks: Sequence[Task], *, seed: int) -> RunResult:
         """Every shard on a free worker; the results in task order (``merge_results``)."""

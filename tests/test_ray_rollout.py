@@ -141,3 +141,12 @@ def test_a_hanging_environment_is_reported_and_the_run_goes_on(tiny_model_dir: P
     assert result.metrics["failed_tasks"] == 2 and pool.lost_workers == 1
     assert "ran past distributed.worker_timeout_s" in capfd.readouterr().err
     assert len(again.episodes) == 4
+
+
+def test_workers_the_cluster_cannot_place_are_a_one_line_error(tiny_model_dir: Path) -> None:
+    cfg = config(tiny_model_dir, "distributed.rollout_workers=1", "distributed.worker_cpus=3",
+                 "distributed.worker_timeout_s=3")  # the module's cluster has 2 CPUs
+    policy, _ = load_model(tiny_model_dir)
+    message = r"^distributed.rollout_workers: 1 workers of 3 CPUs .* within 3s; the cluster has 2 CPUs"
+    with pytest.raises(ValueError, match=message):
+        RayRollout(cfg, tiny_model_dir, policy)
