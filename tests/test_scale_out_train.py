@@ -96,3 +96,22 @@ def test_compare_runs_its_arms_on_two_learner_ranks(tmp_path: Path) -> None:
     for mine, theirs in zip(two, one, strict=True):
         for key, value in theirs.items():
             assert mine[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_rank(tmp_path: Path) -> None:
+    """Rank 0's checkpoint is the whole state: stopped after 2 iterations on 2 ranks, resumed on 1, the
+    run learns what a 1-rank run does."""
+    assert main(args(tmp_path / "one")) == 0
+    expected = learned(read_metrics(tmp_path / "one"))
+    two = tmp_path / "two"
+    first = args(two, "distributed.learner_ranks=2")
+    first[first.index("--iterations") + 1] = "1"  # 1 + the critic's pre-training iteration = 2
+    assert main(first) == 0
+    assert len(read_metrics(two)) == 2
+    assert main(["train", "--resume", str(two), "--quiet", "--iterations", "3",
+                 "--set", "distributed.learner_ranks=1"]) == 0
+    got = learned(read_metrics(two))
+    assert len(got) == len(expected) == 4
+    for mine, theirs in zip(got, expected, strict=True):
+        for key, value in theirs.items():
+            assert mine[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (mine["iteration"], key)
