@@ -155,8 +155,21 @@ def launch(ranks: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Non
     import torch.multiprocessing as mp
 
     port = _free_port()
-    mp.start_processes(_rank_entry, args=(ranks, port, fn, args, kwargs), nprocs=ranks, join=True,
-                       start_method="spawn")
+    try:
+        mp.start_processes(_rank_entry, args=(ranks, port, fn, args, kwargs), nprocs=ranks, join=True,
+                           start_method="spawn")
+    except mp.ProcessRaisedException as err:
+        raise _expected(err) or err from None
+
+
+def _expected(err: Exception) -> Exception | None:
+    """A rank's ValueError (a bad config, a run directory in use) as the same one-line ValueError here;
+    None for anything else, whose traceback the rank printed."""
+    lines = str(err).strip().splitlines()
+    last = lines[-1] if lines else ""
+    if last.startswith(("ValueError: ", "agentrl.config.ConfigError: ")):
+        return ValueError(last.split(": ", 1)[1])
+    return None
 
 
 def needs_launch(ranks: int) -> bool:

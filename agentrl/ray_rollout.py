@@ -11,6 +11,8 @@ Faults, each reported on stderr and in the metrics, never a hang:
 - A worker that dies (its process killed, out of memory): a new worker is started with the current
   weights and the shard is played again, which gives the same episodes (same tasks, same seed, same
   weights); after ``distributed.shard_retries`` tries its tasks are recorded as failures.
+- Workers the cluster cannot place (more CPUs or GPUs asked for than it has) are a one-line error
+  after ``start_timeout_s`` (5 minutes), not a hang.
 - A shard that runs past ``distributed.worker_timeout_s`` (an environment that hangs): the episodes it
   had finished are kept (the worker records them as they end), its other tasks are recorded as
   failures, the worker is killed and replaced.
@@ -39,6 +41,7 @@ from agentrl.runner import Failure, RunResult, Task
 
 INSTALL_HINT = "distributed.rollout_workers needs Ray: pip install 'agentrl[ray]'"
 POLL_S = 0.2  # how often the driver looks for a hung shard while waiting
+START_S = 300.0  # workers not placed and loaded by then never will be (a cluster without the resources)
 
 
 def import_ray() -> Any:
@@ -120,9 +123,11 @@ class RayRollout:
         cfg: the run's config (the workers build their runner, sampler and environments from it).
         model_dir: a Hugging Face directory with the policy's config and tokenizer.
         policy: the driver's policy; its weights are sent to the workers at once.
+        start_timeout_s: how long the workers may take to start and load the weights.
     """
 
-    def __init__(self, cfg: TrainConfig, model_dir: str | Path, policy: Any) -> None:
+    def __init__(self, cfg: TrainConfig, model_dir: str | Path, policy: Any, *,
+                 start_timeout_s: float = START_S) -> None:
         self.ray = import_ray()
         self.cfg, self.model_dir = cfg, str(model_dir)
         d = cfg.distributed
@@ -141,13 +146,13 @@ class RayRollout:
         self.workers = [self._spawn() for _ in range(d.rollout_workers)]
         self.lost_workers = 0  # over the run: workers that died or hung and were replaced
         try:  # a cluster without the CPUs (or GPUs) asked for never places the actors: say so
-            self.load_weights(policy.state_dict().items(), timeout=d.worker_timeout_s)
+            self.load_weights(policy.state_dict().items(), timeout=start_timeout_s)
         except self.ray.exceptions.GetTimeoutError:
             self.close()
             have = self.ray.cluster_resources()
             raise ValueError(
                 f"distributed.rollout_workers: {d.rollout_workers} workers of {d.worker_cpus:g} CPUs "
-                f"({d.worker_gpus:g} GPUs) each did not start within {d.worker_timeout_s:g}s; the cluster "
+                f"({d.worker_gpus:g} GPUs) each did not start within {start_timeout_s:g}s; the cluster "
                 f"has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs") from None
 
     @property

@@ -258,7 +258,7 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
 class _Unlogged(MetricsLogger):
     """A learner rank other than 0: logs nothing, writes nothing."""
 
-    def __init__(self, run_dir: Path) -> None:  # noqa: D107 - no file opened
+    def __init__(self, run_dir: Path) -> None:  # no file opened, unlike the logger it stands for
         self.run_dir = run_dir
 
     def log(self, iteration: int, metrics: Any) -> dict[str, float]:
@@ -436,6 +436,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     are spent; returns the run directory. With ``distributed.learner_ranks`` above 1 and no ranks
     started by ``torchrun``, it starts them here (``agentrl.data_parallel.launch``)."""
     if needs_launch(cfg.distributed.learner_ranks):
+        if not resume and _holds_run(cfg.run_dir):  # said here, before any rank starts
+            raise ValueError(f"run_dir: {cfg.run_dir} already holds a run; "
+                             f"resume it with --resume {cfg.run_dir}")
         launch(cfg.distributed.learner_ranks, train, cfg, resume=resume, progress=progress)
         return cfg.run_dir
     t = build(cfg, resume=resume, progress=progress)

@@ -125,7 +125,7 @@ def test_a_worker_killed_mid_iteration_is_replaced_and_nothing_is_lost(tiny_mode
 
 def test_a_hanging_environment_is_reported_and_the_run_goes_on(tiny_model_dir: Path, capfd) -> None:
     cfg = config(tiny_model_dir, "distributed.rollout_workers=2", "rollout.max_concurrent=1",
-                 "env.name=faulty_envs:HangingArithmetic", "distributed.worker_timeout_s=10")
+                 "env.name=faulty_envs:HangingArithmetic", "distributed.worker_timeout_s=20")
     tasks = tasks_for(cfg, 1)
     hang = tasks[-1]  # the last group (2 tasks, one seed) of the second shard: its first group finishes first
     cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, options={"hang_seed": hang.seed}))
@@ -144,9 +144,8 @@ def test_a_hanging_environment_is_reported_and_the_run_goes_on(tiny_model_dir: P
 
 
 def test_workers_the_cluster_cannot_place_are_a_one_line_error(tiny_model_dir: Path) -> None:
-    cfg = config(tiny_model_dir, "distributed.rollout_workers=1", "distributed.worker_cpus=3",
-                 "distributed.worker_timeout_s=3")  # the module's cluster has 2 CPUs
-    policy, _ = load_model(tiny_model_dir)
+    cfg = config(tiny_model_dir, "distributed.rollout_workers=1", "distributed.worker_cpus=3")
+    policy, _ = load_model(tiny_model_dir)  # the module's cluster has 2 CPUs
     message = r"^distributed.rollout_workers: 1 workers of 3 CPUs .* within 3s; the cluster has 2 CPUs"
     with pytest.raises(ValueError, match=message):
-        RayRollout(cfg, tiny_model_dir, policy)
+        RayRollout(cfg, tiny_model_dir, policy, start_timeout_s=3)

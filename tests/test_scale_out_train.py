@@ -115,3 +115,23 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(tmp_path: Path) -> None:
     for mine, theirs in zip(got, expected, strict=True):
         for key, value in theirs.items():
             assert mine[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (mine["iteration"], key)
+
+
+def test_a_run_refused_before_the_ranks_start_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(args(run)) == 0
+    capsys.readouterr()
+    assert main(args(run, "distributed.learner_ranks=2")) == 2  # a fresh start on a directory with a run
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("agentrl train: error: run_dir:") and "already holds" in err[0]
+
+
+def test_a_rank_error_comes_back_as_its_one_line() -> None:
+    from torch.multiprocessing import ProcessRaisedException
+
+    from agentrl.data_parallel import _expected
+
+    raised = ProcessRaisedException("\n\n-- Process 0 terminated with the following error:\nTraceback (most "
+                                    "recent call last):\n  File \"x\"\nValueError: run_dir: in use", 0, 1)
+    assert str(_expected(raised)) == "run_dir: in use"
+    assert _expected(ProcessRaisedException("Traceback\nRuntimeError: boom", 0, 1)) is None
