@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
@@ -51,10 +53,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes: expected an int >= 1, got {args.episodes}")
+    if args.out is None:  # never the current directory, where a second eval would overwrite the first
+        args.out = str(Path("runs") / f"eval_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}" / "episodes.jsonl")
     check_output_file(args.out, "--out")  # before the evaluation, whose episodes would be lost
     options = dict(_parse_option(o) for o in args.env_option)
     config = _runner_config(args, CompactionConfig(strategy=args.compaction, keep_last_turns=args.keep_last))
-    make(args.env, **options)  # an unknown env or option fails here, before the model loads
+    try:  # an unknown env or option fails here, before the model loads
+        make(args.env, **options)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an env that cannot be built: one line, not a traceback
+        raise ValueError(f"--env: building {args.env!r} raised {type(e).__name__}: {e}") from e
 
     from agentrl.backends import make_sampler
     from agentrl.chat import ChatFormat
@@ -84,6 +93,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"failed task seed {failure.task.seed}: {failure.error}", file=sys.stderr)
     written = save_episodes(args.out, result.episodes, decode=chat.decode)
     print(f"wrote {written} episodes to {args.out}")
+    raised = [e for e in result.episodes if e.truncation_reason == "env_error"]
+    if len(result.failures) + len(raised) == len(tasks):  # nothing was evaluated: not a success
+        from agentrl.failures import NoEpisodesError, common_reasons
+
+        reasons = common_reasons(result.failures) if result.failures else raised[0].info.get("env_error")
+        raise NoEpisodesError(f"--env: every task failed to start ({len(result.failures)}) or its "
+                              f"environment raised ({len(raised)}); {reasons}")
     return 0
 
 
@@ -143,6 +159,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
         model=None if args.model is None else Path(args.model), size=args.size, episodes=args.episodes,
         epochs=args.epochs, lr=args.lr, seed=args.seed, eval_episodes=args.eval_episodes,
         heldout_demos=args.heldout_demos, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+        backend=args.backend,
     )
     summary = warm_start(settings, config)
     ev = summary["eval"]
@@ -220,6 +237,8 @@ def _add_sft_parser(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("--temperature", type=float, default=1.0,
                      help="the sampling temperature of the evaluation (and of the fitted distribution)")
     sft.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass of the evaluation")
+    sft.add_argument("--backend", choices=("torch", "vllm"), default="torch",
+                     help="the evaluation's sampler (vllm: the fine-tuned weights are pushed to the engine)")
     sft.set_defaults(func=_cmd_sft)
 
 
@@ -259,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", choices=("torch", "vllm"), default="torch",
                     help="the sampler: the model in this process (torch) or a vLLM engine (docs/vllm.md)")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--out", default="episodes.jsonl", help="where to write the episodes (JSONL)")
+    ev.add_argument("--out", default=None,
+                    help="where to write the episodes (JSONL; default runs/eval_<env>/episodes.jsonl)")
     ev.set_defaults(func=_cmd_eval)
 
     tr = commands.add_parser("train", help="train a policy with PPO or GRPO from a YAML config")

@@ -381,6 +381,13 @@ class RolloutSection(_Section):
         max_concurrent: episodes in flight at once (one sampling batch).
         tool_error_penalty: reward subtracted per failed tool call, on the turn that made it (a shaping
             term: the episode's reward includes it, its success does not); >= 0, 0 = off.
+        env_timeout_s: seconds one call into the environment (building it, ``reset``, ``step``) may take;
+            past it the call is abandoned and only its episode (or task) ends; null or 0: no limit.
+        max_observation_chars: the most characters of one observation message (and of the task text)
+            before it is tokenised; longer ones are cut with a marker; null: 16 per token of
+            ``context_budget``.
+        max_empty_iterations: stop the run (exit code 3, with the reasons) after this many iterations
+            in a row in which every task failed and no episode was collected.
         compaction: the compaction strategy and its settings.
         backend: the sampler: ``torch`` (the policy itself, in this process) or ``vllm`` (a vLLM engine
             that receives the policy's weights after every update; needs vLLM installed).
@@ -399,6 +406,9 @@ class RolloutSection(_Section):
     top_p: float = 1.0
     max_concurrent: int = 64
     tool_error_penalty: float = 0.0
+    env_timeout_s: float | None = 60.0
+    max_observation_chars: int | None = None
+    max_empty_iterations: int = 3
     compaction: CompactionSection = field(default_factory=CompactionSection)
     backend: Literal["torch", "vllm"] = "torch"
     vllm: VLLMSection = field(default_factory=VLLMSection)
@@ -406,6 +416,7 @@ class RolloutSection(_Section):
     def _validate(self) -> None:
         self._check("tasks_per_iteration", self.tasks_per_iteration >= 1, "an int >= 1")
         self._check("group_size", self.group_size >= 1, "an int >= 1")
+        self._check("max_empty_iterations", self.max_empty_iterations >= 1, "an int >= 1")
         # every episode of an iteration is a task in memory before the first one runs
         self._check("tasks_per_iteration", self.episodes_per_iteration <= MAX_EPISODES_PER_ITERATION,
                     f"at most {MAX_EPISODES_PER_ITERATION:,} episodes per iteration (times group_size)")
@@ -435,6 +446,8 @@ class RolloutSection(_Section):
             top_p=self.top_p,
             max_concurrent=self.max_concurrent,
             tool_error_penalty=self.tool_error_penalty,
+            env_timeout_s=self.env_timeout_s,
+            max_observation_chars=self.max_observation_chars,
         )
 
 

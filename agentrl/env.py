@@ -315,6 +315,7 @@ class _Turn:
     reward: float
     terminated: bool
     truncated: bool
+    solved: bool = False  # the step ended the episode with info["success"] True
 
 
 def _call(where: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -427,8 +428,11 @@ def _reset(env: Env, seed: int) -> tuple[str, dict]:
     return out
 
 
-def _play_expert(env: Env, seed: int, max_steps: int, tools: dict[str, Tool], start: int = 0) -> list[_Turn]:
-    """Step the expert's actions from the current state to the end; check types and success."""
+def _play_expert(
+    env: Env, seed: int, max_steps: int, tools: dict[str, Tool], start: int = 0, *, must_solve: bool = True
+) -> list[_Turn]:
+    """Step the expert's actions from the current state to the end; check types and, with
+    ``must_solve``, success (else an unsolved episode ends with a turn whose ``solved`` is False)."""
     turns: list[_Turn] = []
     for k in range(start, max_steps):
         where = f"at seed {seed} step {k}"
@@ -437,9 +441,10 @@ def _play_expert(env: Env, seed: int, max_steps: int, tools: dict[str, Tool], st
             raise EnvCheckError(f"expert_action() returned None {where} before the episode ended")
         result = _check_step(_call(f"step() {where}", env.step, action), f"step() {where}")
         reward = float(result.reward)
-        turns.append(_Turn(action, result.observation, reward, result.terminated, result.truncated))
+        solved = result.info.get("success") is True
+        turns.append(_Turn(action, result.observation, reward, result.terminated, result.truncated, solved))
         if result.terminated or result.truncated:
-            if result.info.get("success") is not True:
+            if not solved and must_solve:
                 raise EnvCheckError(
                     f"the expert did not solve seed {seed}: the episode ended at step {k} with "
                     f"info['success']={result.info.get('success')!r}"
@@ -474,7 +479,9 @@ def _compare(seed: int, first: list[_Turn], second: list[_Turn]) -> None:
         raise EnvCheckError(f"not deterministic: with seed {seed}, two runs gave episodes of {lengths}")
 
 
-def _check_malformed(env: Env, seed: int, max_steps: int, tools: dict[str, Tool], expert: bool) -> None:
+def _check_malformed(
+    env: Env, seed: int, max_steps: int, tools: dict[str, Tool], expert: bool, must_solve: bool = True
+) -> None:
     """A malformed action and an unknown tool give error observations; the episode goes on."""
     _reset(env, seed)
     bad_actions = (MALFORMED_ACTION, '<tool_call>{"name": "__no_such_tool__", "arguments": {}}</tool_call>')
@@ -488,11 +495,28 @@ def _check_malformed(env: Env, seed: int, max_steps: int, tools: dict[str, Tool]
         if not isinstance(result.info.get("tool_errors"), int) or result.info["tool_errors"] < 1:
             raise EnvCheckError(f"{where} must count the error in info['tool_errors']")
     if expert:
-        _play_expert(env, seed, max_steps + len(bad_actions), tools, start=len(bad_actions))
+        _play_expert(env, seed, max_steps + len(bad_actions), tools, start=len(bad_actions),
+                     must_solve=must_solve)
+
+
+def _check_success(solved: Sequence[int], seeds: Sequence[int], minimum: float) -> None:
+    """Raise unless the expert solved at least ``minimum`` of the seeds."""
+    rate = len(solved) / len(seeds)
+    if rate < minimum:
+        failed = [s for s in seeds if s not in solved]
+        raise EnvCheckError(
+            f"the expert solved {len(solved)} of {len(seeds)} seeds ({rate:.2f}), below "
+            f"min_expert_success={minimum:g}; unsolved seeds: {', '.join(map(str, failed[:20]))}"
+        )
 
 
 def check_env(
-    env: Env, *, seeds: Sequence[int] = (0, 1, 2), max_steps: int = 1000, require_expert: bool = True
+    env: Env,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    max_steps: int = 1000,
+    require_expert: bool = True,
+    min_expert_success: float = 1.0,
 ) -> None:
     """Check ``env`` the way Gymnasium's checker does; raise ``EnvCheckError`` naming the problem.
 
@@ -507,14 +531,23 @@ def check_env(
     observation counted in ``info["tool_errors"]`` without ending the episode, after which the expert
     still solves it. With ``require_expert=False`` an env whose expert returns None at the start skips
     the expert checks (the determinism check then covers ``reset`` only).
+
+    A stochastic environment (slippery FrozenLake, Blackjack) has no expert that solves every seed:
+    ``min_expert_success`` is the fraction of ``seeds`` its expert must solve (default 1.0: every
+    one). Below 1, an episode the expert plays to an unsuccessful end is counted rather than an error,
+    but each must still end within ``max_steps`` and replay identically from its seed; pass enough seeds
+    for the fraction to mean something.
     """
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps: expected an int >= 1, got {max_steps!r}")
+    m = min_expert_success
+    if isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m <= 1:
+        raise ValueError(f"min_expert_success: expected a number in [0, 1], got {m!r}")
     if not seeds:
         raise ValueError("seeds: expected at least one seed")
     _check_protocol(env)
     tools = _check_tools(env)
-    has_expert = True
+    has_expert, must_solve, solved = True, min_expert_success >= 1, []
     saved = random.getstate()
     try:
         for seed in seeds:
@@ -526,14 +559,18 @@ def check_env(
                 if not has_expert and require_expert:
                     raise EnvCheckError("expert_action() returned None after reset (no expert); "
                                         "pass require_expert=False to check an env without one")
-                turns = _play_expert(env, seed, max_steps, tools) if has_expert else []
+                turns = _play_expert(env, seed, max_steps, tools, must_solve=must_solve) if has_expert else []
                 if has_expert:
                     _check_step_after_end(env, seed)
                 runs.append((task, info["task_id"], turns))
             if runs[0][:2] != runs[1][:2]:
                 raise EnvCheckError(f"not deterministic: reset(seed={seed}) gave a different task or task_id")
             _compare(seed, runs[0][2], runs[1][2])
+            if runs[0][2] and runs[0][2][-1].solved:
+                solved.append(seed)
     finally:
         random.setstate(saved)
+    if has_expert and not must_solve:
+        _check_success(solved, seeds, min_expert_success)
     if tools:
-        _check_malformed(env, seeds[0], max_steps, tools, has_expert)
+        _check_malformed(env, seeds[0], max_steps, tools, has_expert, must_solve)

@@ -64,11 +64,14 @@ class Registry:
         """Build the environment ``name`` (or ``module:attr``) with keyword ``options``.
 
         An unknown name is a ValueError listing the known ones; an option the factory does not take is
-        a ValueError naming it.
+        a ValueError naming it; so is an ImportError the factory raises (a package it needs is missing).
         """
         factory = self._factory(name)
         _check_options(name, factory, options)
-        env = factory(**options)
+        try:
+            env = factory(**options)
+        except ImportError as e:  # a package the environment needs is missing: a setup error, one line
+            raise ValueError(f"env: {name!r} needs a package that is not installed ({e})") from e
         if not isinstance(env, Env):
             raise ValueError(f"env: {name!r} built a {type(env).__name__}, which is not an Env")
         return env

@@ -26,8 +26,13 @@ Three budgets, kept apart (``RunnerConfig``):
 
 Every cut is recorded on the episode and counted in the metrics; nothing is truncated silently. Other
 truncation reasons: ``context_full`` (strategy ``none``, or a resumed window that leaves no room),
-``env_truncated`` (the environment's own cap) and ``env_error`` (its ``step`` raised or returned
-something that is not a ``StepResult``; the message is in ``info["env_error"]``). A task whose ``reset``
+``env_truncated`` (the environment's own cap) and ``env_error`` (its ``step`` raised, ran past
+``env_timeout_s`` or returned something that is not a ``StepResult``; the message is in
+``info["env_error"]``). Every call into an environment goes through ``agentrl.env_calls`` (a time limit;
+``sys.exit`` and ``KeyboardInterrupt`` raised inside cost the episode, not the run), and every text it
+returns is made encodable and capped at ``max_observation_chars`` before it is tokenised. Each closed
+window records why it ended (``SubTrace.end``); ``info["tool_calls"]`` and ``info["tool_errors"]`` are
+the episode's totals. A task whose ``reset``
 raises, whose first prompt leaves no room for a response, or whose episode ends before its first action
 (a cap such as ``max_total_tokens`` leaves no room for one: no policy token to train on) yields no
 episode: it is reported in ``RunResult.failures``, enters no GRPO group, and the run goes on.
@@ -40,13 +45,15 @@ observation no model turn would read is not appended. A truncated episode keeps 
 withheld observation in ``Episode.final_observation_ids``, the state it stopped in, which
 ``ppo.truncation: bootstrap`` values.
 
-This module imports no torch; environments are stepped one after the other in this process.
+This module imports no torch; environments are stepped one after the other in this process (each on
+its own worker thread when ``env_timeout_s`` is set, so that a hung call can be abandoned).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import operator
 import random
 import time
 from collections import Counter, deque
@@ -57,8 +64,16 @@ from typing import Any
 from agentrl.chat import ChatFormat
 from agentrl.compaction import CompactionConfig, Turn, resumed_messages, should_compact
 from agentrl.env import Env, StepResult
+from agentrl.env_calls import EnvCalls
 from agentrl.sampling import Generation, Sampler, SamplingParams
-from agentrl.textsafety import describe_exception, encodable, encodable_data, encodable_messages
+from agentrl.textsafety import (
+    capped,
+    capped_messages,
+    describe_exception,
+    encodable,
+    encodable_data,
+    encodable_messages,
+)
 from agentrl.types import Episode, Message, SubTrace
 
 # A step's reward beyond this (finite or not) is an environment error: squared in the metrics' standard
@@ -97,6 +112,12 @@ class RunnerConfig:
         tool_error_penalty: reward subtracted per failed tool call (``info["tool_errors"]``: a malformed
             block, an unknown tool, bad arguments, a tool that raised or timed out), on the turn that made
             it; >= 0, 0 = off. A shaping term: the episode's reward includes it, its success does not.
+        env_timeout_s: seconds one call into an environment (building it, ``reset``, ``step``, its
+            expert or digest) may take before it is abandoned and its episode or task ends
+            (``agentrl.env_calls``); None or 0: no limit, calls run inline.
+        max_observation_chars: the most characters of one observation message (and of the task text)
+            before it is tokenised; longer ones are cut with a marker, counted in
+            ``info["observation_chars_cut"]``. None: 16 characters per token of ``context_budget``.
     """
 
     max_response_tokens: int = 128
@@ -109,6 +130,8 @@ class RunnerConfig:
     top_p: float = 1.0
     max_concurrent: int = 64
     tool_error_penalty: float = 0.0
+    env_timeout_s: float | None = 60.0
+    max_observation_chars: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_response_tokens", "context_budget", "max_turns", "max_concurrent"):
@@ -143,6 +166,17 @@ class RunnerConfig:
             math.isfinite(penalty) and penalty >= 0
         ):
             raise ValueError(f"tool_error_penalty: expected a finite number >= 0, got {penalty!r}")
+        limit = self.env_timeout_s
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not (
+            math.isfinite(limit) and limit >= 0
+        )):
+            raise ValueError(f"env_timeout_s: expected null or a finite number >= 0, got {limit!r}")
+        _positive_int(self.max_observation_chars, "max_observation_chars", optional=True)
+
+    @property
+    def observation_char_cap(self) -> int:
+        """``max_observation_chars``, or its default of 16 characters per token of ``context_budget``."""
+        return self.max_observation_chars or 16 * self.context_budget
 
 
 @dataclass(frozen=True)
@@ -183,6 +217,7 @@ class _Window:
     rewards: list[float]
     turns: list[Turn]
     summary_start: int | None = None  # where the policy's summary closing this window begins
+    end: str | None = None  # why the window ended (SubTrace.end), set when it closes
 
     @classmethod
     def open(cls, sampler: Sampler, ids: Sequence[int], turns: Sequence[Turn]) -> _Window:
@@ -203,7 +238,8 @@ class _Window:
         self.rewards += [0.0] * len(gen.token_ids)
 
     def sub_trace(self) -> SubTrace:
-        return SubTrace(self.token_ids, self.loss_mask, self.logprobs, self.rewards, self.summary_start)
+        return SubTrace(self.token_ids, self.loss_mask, self.logprobs, self.rewards, self.summary_start,
+                        self.end)
 
 
 @dataclass
@@ -224,6 +260,7 @@ class _Run:
     partial_summary: Generation | None = None  # the chunks of a summary sampled so far
     summary_saw_observation: bool = True
     num_turns: int = 0
+    num_tool_calls: int = 0
     num_tool_errors: int = 0
     cut_responses: int = 0
     cut_summaries: int = 0
@@ -246,6 +283,20 @@ def _cleaned(run: _Run, text: str) -> str:
     if n:
         run.info["text_cleaned"] = run.info.get("text_cleaned", 0) + n
     return text
+
+
+def _count(info: Any, key: str) -> int:
+    """A step's ``info[key]`` count (missing: 0); ValueError for one that is not an int >= 0."""
+    if not isinstance(info, Mapping):
+        raise ValueError(f"step returned info of type {type(info).__name__}, not a dict")
+    value = info.get(key, 0) or 0
+    try:
+        count = operator.index(value)  # an int, or an int-like such as numpy's
+    except TypeError:
+        count = -1
+    if isinstance(value, bool) or count < 0:
+        raise ValueError(f"step returned info[{key!r}] = {value!r:.60}, not an int >= 0")
+    return count
 
 
 def _json_safe(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,6 +325,7 @@ class Runner:
         self.chat = chat
         self.config = config
         self._reserve = self._summary_reserve()
+        self._calls = EnvCalls(config.env_timeout_s)
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -301,10 +353,12 @@ class Runner:
         ``on_episode(task_index, episode)`` is called as each episode finishes, so that a caller can keep
         the finished ones of a run that never returns (a rollout worker whose environment hangs).
         """
-        if teacher:
-            teach = Runner(NoSampler(), self.chat, self.config)
-            return teach._loop(make_env, tasks, seed, teacher=True, on_episode=on_episode)
-        return self._loop(make_env, tasks, seed, teacher=False, on_episode=on_episode)
+        runner = Runner(NoSampler(), self.chat, self.config) if teacher else self
+        runner._calls = EnvCalls(self.config.env_timeout_s)  # every call into an env: agentrl.env_calls
+        try:
+            return runner._loop(make_env, tasks, seed, teacher=teacher, on_episode=on_episode)
+        finally:
+            runner._calls.close()
 
     def _loop(
         self, make_env: Callable[[], Env], tasks: Sequence[Task], seed: int | None, *, teacher: bool,
@@ -322,12 +376,14 @@ class Runner:
         while queue or active:
             while queue and len(active) < cfg.max_concurrent:
                 index, task = queue.popleft()
-                env = free.pop() if free else make_env()
-                run = self._start(index, task, env)
+                env = free.pop() if free else self._build(make_env, task)
+                run = env if isinstance(env, Failure) else self._start(index, task, env)
                 if isinstance(run, Failure):
                     failures.append(run)
                     if not run.env_broken:  # a reset that raised may have left its env broken
-                        free.append(env)
+                        free.append(env)  # type: ignore[arg-type]
+                    elif not isinstance(env, Failure):
+                        self._calls.drop(env)
                 else:
                     active.append(run)
             # one batch for actions and summaries alike, each with its own token limit
@@ -359,11 +415,23 @@ class Runner:
                     done[run.index] = episode
                     if on_episode is not None:
                         on_episode(run.index, episode)
-                if run.reason != "env_error":  # an env that crashed is not reused
+                if run.reason != "env_error":  # an env that crashed or hung is not reused
                     free.append(run.env)
+                else:
+                    self._calls.drop(run.env)
         episodes = [done[i] for i in sorted(done)]
         metrics = run_metrics(episodes, failures, sampled_tokens, time.perf_counter() - start)
         return RunResult(episodes, failures, metrics)
+
+    def _build(self, make_env: Callable[[], Env], task: Task) -> Env | Failure:
+        """A new environment, or the task's ``Failure`` when building one raised or hung. A ValueError is
+        a bad option or name (``agentrl.registry.make``): a config error, which stops the run."""
+        try:
+            return self._calls.call(None, "building the environment", make_env)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an env that cannot be built costs its task, not the run
+            return Failure(task, f"building the environment raised {describe_exception(e)}", env_broken=True)
 
     def _params(self, run: _Run, seed: int, *, chunked: bool) -> SamplingParams:
         """The run's sampling params: an action's, or the next chunk of a summary (at most an action's
@@ -384,8 +452,10 @@ class Runner:
 
     def _teach(self, run: _Run, params: SamplingParams) -> Generation | None:
         """The expert's action (or, summarising, the state digest) as a generation; None: no action."""
+        env = run.env
         try:
-            text = run.env.expert_action() if run.phase == "act" else (run.env.state_digest() or "")
+            text = self._calls.call(env, "expert_action()", env.expert_action) if run.phase == "act" else (
+                self._calls.call(env, "state_digest()", env.state_digest) or "")
         except Exception as e:  # noqa: BLE001 - a broken expert ends its episode, not the run
             run.info["env_error"] = describe_exception(e)
             return None
@@ -417,12 +487,15 @@ class Runner:
         )
 
     def _start(self, index: int, task: Task, env: Env) -> _Run | Failure:
-        try:
+        def reset() -> tuple[str, list[dict[str, Any]], str, str]:
             task_text, info = env.reset(seed=task.seed, options=dict(task.options or {}))
-            tools = [t.schema() for t in env.tools]
-            system = env.system_prompt
             task_id = str(info.get("task_id", f"{getattr(env, 'name', 'env')}:{task.seed}"))
+            return task_text, [t.schema() for t in env.tools], env.system_prompt, task_id
+
+        try:
+            task_text, tools, system, task_id = self._calls.call(env, "reset()", reset)
             (task_text, system, tools, task_id), cleaned = encodable_data((task_text, system, tools, task_id))
+            task_text, cut = capped(task_text, self.config.observation_char_cap)
         except Exception as e:  # noqa: BLE001 - a broken environment costs its task, not the run
             return Failure(task, f"reset raised {describe_exception(e)}", env_broken=True)
         prompt = self.chat.prompt_ids(system, tools, task_text)
@@ -435,6 +508,8 @@ class Runner:
         run = _Run(index, task, env, task_id, task_text, system, tools)
         if cleaned:
             run.info["text_cleaned"] = cleaned
+        if cut:
+            run.info["observation_chars_cut"] = cut
         run.window = _Window.open(self.sampler, prompt, [])
         self._check_caps(run)
         return run
@@ -462,8 +537,9 @@ class Runner:
             return
         run.cut_responses += gen.finish_reason == "length"
         action = self.chat.action_text(gen.token_ids)
+        env = run.env
         try:
-            result = run.env.step(action)
+            result = self._calls.call(env, "step()", lambda: env.step(action))
             if not isinstance(result, StepResult):
                 raise TypeError(f"step returned {type(result).__name__}, not a StepResult")
             reward = float(result.reward)
@@ -473,24 +549,29 @@ class Runner:
                 raise ValueError(f"step returned a reward {reward:g} outside +-{MAX_ABS_REWARD:g}")
             if not all(isinstance(m, Message) and m.role in ("tool", "user") for m in result.observation):
                 raise ValueError("step returned an observation that is not tool or user messages")
+            calls, errors = _count(result.info, "tool_calls"), _count(result.info, "tool_errors")
             observation, cleaned = encodable_messages(tuple(result.observation))
+            observation, cut = capped_messages(observation, self.config.observation_char_cap)
         except Exception as e:  # noqa: BLE001 - an environment that crashes ends its episode, not the run
             run.num_turns += 1
             run.info["env_error"] = describe_exception(e)
             self._end(run, "truncated", "env_error")
             return
         run.num_turns += 1
-        errors = int(result.info.get("tool_errors", 0) or 0)
         window.rewards[-1] += reward - self.config.tool_error_penalty * errors
+        run.num_tool_calls += calls
         run.num_tool_errors += errors
         run.info.update(_json_safe(result.info))
-        if cleaned:
-            run.info["text_cleaned"] = run.info.get("text_cleaned", 0) + cleaned
+        # the env reports one step's counts; the episode's record holds the whole episode's
+        run.info.update(tool_calls=run.num_tool_calls, tool_errors=run.num_tool_errors)
+        for key, n in (("text_cleaned", cleaned), ("observation_chars_cut", cut)):
+            if n:
+                run.info[key] = run.info.get(key, 0) + n
         window.turns.append(Turn(action, observation))
         if result.terminated:
             self._end(run, "terminated", None)
         elif result.truncated:
-            delta = self.chat.observation_ids(tuple(result.observation), sampled_ids=gen.token_ids)
+            delta = self.chat.observation_ids(observation, sampled_ids=gen.token_ids)
             self._withhold(run, delta, "env_truncated")
         else:
             self._observe(run, observation)
@@ -540,7 +621,7 @@ class Runner:
 
     def _digest(self, run: _Run) -> str | None:
         try:
-            digest = run.env.state_digest()
+            digest = self._calls.call(run.env, "state_digest()", run.env.state_digest)
         except Exception as e:  # noqa: BLE001 - a broken digest means no summary, recorded
             run.info["digest_error"] = describe_exception(e)
             return None
@@ -553,7 +634,7 @@ class Runner:
         k = self.config.compaction.keep_last_turns
         k = max(k, 1) if keep_latest else k
         turns = window.turns[-k:] if k else []
-        self._close(run)
+        self._close(run, "compaction")
         while True:
             messages = resumed_messages(run.task_text, summary, turns)
             ids = self.chat.context_ids(run.system, run.tools, messages)
@@ -586,14 +667,16 @@ class Runner:
         else:
             run.phase = "act"
 
-    def _close(self, run: _Run) -> None:
+    def _close(self, run: _Run, why: str) -> None:
+        """Close the open window (if any), recording why it ended (``SubTrace.end``)."""
         if run.window is not None:
             self.sampler.close(run.window.session)
+            run.window.end = why
             run.closed.append(run.window.sub_trace())
             run.window = None
 
     def _end(self, run: _Run, end: str, reason: str | None) -> None:
-        self._close(run)
+        self._close(run, reason or end)
         run.end, run.reason, run.phase = end, reason, "done"
 
     def _episode(self, run: _Run) -> Episode:

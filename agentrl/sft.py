@@ -14,7 +14,9 @@
    from ``seed``. It reuses the learner's batching (``agentrl.batch``): rows are sub-traces, packed
    into micro-batches by a token budget, log-probs aligned so that token t is scored by the output at
    t - 1.
-3. ``evaluate``: the success rate of the model on held-out seeds, sampled with the normal runner.
+3. ``evaluate``: the success rate of the model on held-out seeds, sampled with the normal runner, on
+   the torch backend or, with ``backend="vllm"``, on a vLLM engine started on the starting weights and
+   given the fine-tuned ones through ``agentrl.weight_sync.push_weights`` (as ``agentrl train`` does).
 4. ``heldout_nll``: the NLL of the expert's episodes on held-out seeds, never trained on, before
    fine-tuning and after every epoch, split by what the tokens write (``token_kinds``: tool-call
    argument values, the rest of the calls, text such as summaries). It costs seconds where an
@@ -61,12 +63,15 @@ from agentrl.models import init_model, load_model
 from agentrl.registry import make
 from agentrl.rollout import TorchSampler
 from agentrl.runner import NoSampler, Runner, RunnerConfig, RunResult, Task
+from agentrl.sampling import Sampler
 from agentrl.tools import OPEN_TAG
 from agentrl.types import Episode
+from agentrl.weight_sync import push_weights
 
 DEMO_SEED_START = 800_000_000  # demonstrations: DEMO_SEED_START + seed * 10**6 + i
 EVAL_SEED_START = 900_000_000  # held-out evaluation: EVAL_SEED_START + i, the same for every run
 SFT_FILE = "sft.json"
+BACKENDS = ("torch", "vllm")
 # The CLI's defaults (a few CPU minutes on graph_nav small); see the module docstring.
 DEFAULT_EPISODES = 32
 DEFAULT_EPOCHS = 8
@@ -119,13 +124,15 @@ def evaluate(
     runner_config: RunnerConfig,
     *,
     seed: int = 0,
+    sampler: Sampler | None = None,
 ) -> RunResult:
-    """Episodes of ``policy`` on ``seeds``, sampled by the normal runner (``runner_config``'s temperature)."""
+    """Episodes of ``policy`` on ``seeds``, sampled by the normal runner (``runner_config``'s temperature)
+    with ``sampler`` (one that holds ``policy``'s weights) or, when None, a ``TorchSampler`` on it."""
     was_training = policy.training
     policy.eval()
     try:
         with torch.no_grad():
-            return Runner(TorchSampler(policy), chat, runner_config).run(
+            return Runner(sampler or TorchSampler(policy), chat, runner_config).run(
                 lambda: make(env_name, **options), _tasks(env_name, seeds), seed=seed
             )
     finally:
@@ -414,6 +421,7 @@ class SFTSettings:
         warmup_steps: optimiser steps over which the learning rate rises linearly to the schedule's.
         micro_batch_tokens: padded tokens per forward pass.
         grad_clip: the global gradient-norm clip.
+        backend: the evaluation's sampler, ``torch`` or ``vllm`` (``rollout.backend``'s choices).
     """
 
     env_name: str
@@ -432,6 +440,7 @@ class SFTSettings:
     warmup_steps: int = 0
     micro_batch_tokens: int = 4096
     grad_clip: float = 1.0
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         for name in ("episodes", "epochs", "minibatch_rows", "micro_batch_tokens"):
@@ -445,6 +454,8 @@ class SFTSettings:
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a finite number > 0, got {self.lr!r}")
         _check_schedule(self.lr_schedule, self.warmup_steps)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise ValueError(f"out: {self.out} exists and is not an empty directory")
 
@@ -491,14 +502,53 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
         parts = [f"{k.removeprefix('heldout/nll/')} {h[k]:.3f}" for k in h if k.startswith("heldout/nll/")]
         return f"  held-out NLL {h['heldout/nll']:.4f} ({', '.join(parts)})"
 
-    def success() -> float | None:
-        if not held_out:
-            return None
-        return _success(evaluate(policy, chat, s.env_name, s.options, held_out, runner_config, seed=s.seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        sampler = _eval_sampler(s, policy, Path(tmp), runner_config) if held_out else None
 
+        def success() -> float | None:
+            if not held_out:
+                return None
+            push_weights(sampler, policy)  # the engine evaluates the weights as they are now
+            return _success(evaluate(policy, chat, s.env_name, s.options, held_out, runner_config,
+                                     seed=s.seed, sampler=sampler))
+
+        summary = _train_and_evaluate(s, policy, demos, runner_config, pad_id, success, heldout, heldout_line,
+                                      log)
+    summary = {
+        "settings": summary["settings"], "runner": summary["runner"],
+        "demonstrations": {"episodes": len(demos), "expert_success": expert},
+        "heldout_demonstrations": {"episodes": len(heldout_demos), **summary["nll_before"]},
+        "epochs": summary["epochs"], "eval": summary["eval"],
+    }
+    s.out.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(s.out)
+    tokenizer.save_pretrained(s.out)
+    (s.out / SFT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _eval_sampler(s: SFTSettings, policy: Any, tmp: Path, runner_config: RunnerConfig) -> Sampler:
+    """The evaluation's sampler: a ``TorchSampler`` on ``policy``, or a vLLM engine started on a copy of
+    the starting weights written under ``tmp`` (an engine loads its first weights from disk)."""
+    from agentrl.backends import make_sampler
+    from agentrl.config import VLLMSection
+
+    if s.backend == "torch":
+        return TorchSampler(policy)
+    policy.save_pretrained(tmp)
+    return make_sampler(s.backend, policy, tmp, vllm=VLLMSection(max_model_len=runner_config.context_budget),
+                        seed=s.seed)
+
+
+def _train_and_evaluate(
+    s: SFTSettings, policy: Any, demos: list[Episode], runner_config: RunnerConfig, pad_id: int,
+    success: Callable[[], float | None], heldout: Callable[[], dict[str, float]],
+    heldout_line: Callable[[Mapping[str, float]], str], log: Any,
+) -> dict[str, Any]:
+    """Success before, the epochs (each with its held-out NLL), success after: ``sft.json``'s record."""
     before = success()
     if before is not None:
-        log(f"success on {len(held_out)} held-out episodes before fine-tuning: {before:.3f}")
+        log(f"success on {s.eval_episodes} held-out episodes before fine-tuning: {before:.3f}")
     nll_before = heldout()
     if nll_before:
         log(f"before fine-tuning:{heldout_line(nll_before)}")
@@ -513,19 +563,13 @@ def warm_start(settings: SFTSettings, runner_config: RunnerConfig, *, log: Any =
                        grad_clip=s.grad_clip, pad_id=pad_id, lr_schedule=s.lr_schedule,
                        warmup_steps=s.warmup_steps, on_epoch=epoch_line)
     after = success()
-    summary = {
+    return {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
         "runner": _plain(runner_config),
-        "demonstrations": {"episodes": len(demos), "expert_success": expert},
-        "heldout_demonstrations": {"episodes": len(heldout_demos), **nll_before},
+        "nll_before": nll_before,
         "epochs": history,
-        "eval": {"episodes": len(held_out), "success_before": before, "success_after": after},
+        "eval": {"episodes": s.eval_episodes, "success_before": before, "success_after": after},
     }
-    s.out.mkdir(parents=True, exist_ok=True)
-    policy.save_pretrained(s.out)
-    tokenizer.save_pretrained(s.out)
-    (s.out / SFT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def _starting_model(s: SFTSettings) -> tuple[Any, Any]:

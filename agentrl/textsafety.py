@@ -8,6 +8,11 @@ text raises, and so does a UTF-8 file it is written to. Every text an environmen
 first: each such code point becomes U+FFFD (the replacement character), and the number replaced is
 counted, so the runner can record on the episode that its text was changed (``info["text_cleaned"]``).
 
+Text is also capped before it is tokenised (``capped``): an environment can hand back a string of any
+length (a tool whose output is not limited returned 50 million characters, and tokenising it took the
+process to 9.7 GB), and no context window holds more than a few characters per token of its budget. A
+cut text ends with a marker saying how many characters were dropped.
+
 Text that encodes is returned unchanged (the same object), so a well-behaved environment's token stream
 is untouched. This module imports no torch.
 """
@@ -63,6 +68,24 @@ def encodable_data(value: Any) -> tuple[Any, int]:
         cleaned = [v for v, _ in items]
         return (tuple(cleaned) if isinstance(value, tuple) else cleaned), total
     return value, 0
+
+
+def capped(text: str, max_chars: int) -> tuple[str, int]:
+    """``text`` cut to its first ``max_chars`` characters plus a marker, and how many were dropped."""
+    if len(text) <= max_chars:
+        return text, 0
+    dropped = len(text) - max_chars
+    return f"{text[:max_chars]}\n[... cut: {dropped} more characters]", dropped
+
+
+def capped_messages(messages: tuple[Message, ...], max_chars: int) -> tuple[tuple[Message, ...], int]:
+    """Each message's content ``capped`` at ``max_chars``, and the characters dropped over all of them."""
+    out, total = [], 0
+    for m in messages:
+        content, n = capped(m.content, max_chars)
+        out.append(m if n == 0 else Message(m.role, content))
+        total += n
+    return tuple(out), total
 
 
 def safe_str(value: object) -> str:

@@ -12,9 +12,11 @@ A user writes a tool as a typed function (or a method of a ``ToolEnv``) with a d
         '''
 
 Its JSON schema comes from the signature: ``str``, ``int``, ``float``, ``bool``, ``list[X]``,
-``Literal[...]`` and ``X | None`` (``Optional[X]``); a parameter with a default is not required. The
-description is the docstring's first paragraph and each parameter's description comes from a
-Google-style ``Args:`` section. A missing or unsupported annotation is a TypeError at decoration time.
+``dict[str, X]``, ``Literal[...]``, unions ``X | Y`` and ``X | None`` (``Optional[X]``); the table of
+schemas and the validation rules are in ``agentrl.tool_schema``. A parameter with a default is not
+required. The description is the docstring's first paragraph and each parameter's description comes
+from a Google-style ``Args:`` section. A missing or unsupported annotation is a TypeError at decoration
+time.
 
 The model calls tools in the Qwen/Hermes format, one or several blocks per turn::
 
@@ -43,13 +45,21 @@ import math
 import queue
 import re
 import threading
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from agentrl.textsafety import describe_exception, safe_str
+from agentrl.tool_schema import (
+    annotation_schema,
+    argument_problems,
+    coerce,
+    describe_schema,
+    is_json,
+    json_type_word,
+    schema_problems,
+)
 from agentrl.types import ToolCall
 
 FORMAT_HINT = 'Write <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
@@ -57,15 +67,6 @@ OPEN_TAG, CLOSE_TAG = "<tool_call>", "</tool_call>"
 TIMEOUT_MARGIN_S = 0.05  # documented slack between a tool's limit and the caller getting control back
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 _MARK = "__agentrl_tool__"  # attribute set on functions decorated with @tool
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
-_TYPE_WORDS = {
-    "string": "a string",
-    "integer": "an integer",
-    "number": "a number",
-    "boolean": "a boolean",
-    "array": "a list",
-    "null": "null",
-}
 
 
 # ---- the Tool record --------------------------------------------------------------------------------
@@ -123,28 +124,6 @@ class Tool:
 # ---- JSON schema from type hints --------------------------------------------------------------------
 
 
-def _annotation_schema(annotation: Any, where: str) -> dict[str, Any]:
-    """The JSON schema of one supported annotation; TypeError naming ``where`` otherwise."""
-    if annotation in _JSON_TYPES:
-        return {"type": _JSON_TYPES[annotation]}
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is list and len(args) == 1:
-        return {"type": "array", "items": _annotation_schema(args[0], f"{where} (list item)")}
-    if origin is Literal:
-        kinds = {type(a) for a in args}
-        if not args or len(kinds) != 1 or next(iter(kinds)) not in _JSON_TYPES:
-            raise TypeError(f"{where}: Literal values must share one type (str, int, float, bool): {args!r}")
-        return {"type": _JSON_TYPES[next(iter(kinds))], "enum": list(args)}
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) == 1 and len(args) == 2:
-            return {"anyOf": [_annotation_schema(rest[0], where), {"type": "null"}]}
-    raise TypeError(
-        f"{where}: unsupported annotation {annotation!r}; use str, int, float, bool, list[X], "
-        "Literal[...] or X | None"
-    )
-
-
 def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     """The first paragraph of a docstring, and the per-parameter texts of its ``Args:`` section."""
     if not doc:
@@ -194,24 +173,16 @@ def _signature_schema(fn: Callable[..., Any], tool_name: str) -> tuple[dict[str,
             raise TypeError(f"{where}: only named parameters are supported (no *args, **kwargs or /)")
         if p.name not in hints:
             raise TypeError(f"{where}: missing type annotation")
-        prop = _annotation_schema(hints[p.name], where)
+        prop = annotation_schema(hints[p.name], where)
         if p.name in arg_docs:
             prop["description"] = arg_docs[p.name]
         if p.default is p.empty:
             required.append(p.name)
-        elif _is_json(p.default):
+        elif is_json(p.default):
             prop["default"] = p.default
         properties[p.name] = prop
     schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return schema, description
-
-
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def tool_from_function(
@@ -284,139 +255,10 @@ def as_tool(obj: Tool | Callable[..., Any]) -> Tool:
     )
 
 
-# ---- checking schemas and values --------------------------------------------------------------------
-
-
-def _property_problems(prop: Any, where: str) -> list[str]:
-    """Why ``prop`` is not a property schema of a supported kind (empty if it is)."""
-    if not isinstance(prop, dict):
-        return [f"{where}: expected a schema object, got {type(prop).__name__}"]
-    if "anyOf" in prop:
-        options = prop["anyOf"]
-        if not isinstance(options, list) or len(options) != 2 or {"type": "null"} not in options:
-            return [f"{where}: anyOf must be [<schema>, {{'type': 'null'}}]"]
-        other = options[0] if options[1] == {"type": "null"} else options[1]
-        return _property_problems(other, where)
-    kind = prop.get("type")
-    if kind not in ("string", "integer", "number", "boolean", "array"):
-        return [f"{where}: unsupported type {kind!r} (expected string, integer, number, boolean or array)"]
-    if kind == "array":
-        if "items" not in prop:
-            return [f"{where}: an array needs 'items'"]
-        return _property_problems(prop["items"], f"{where} items")
-    if "enum" in prop:
-        enum = prop["enum"]
-        if not isinstance(enum, list) or not enum or any(_value_problem(v, {"type": kind}, "") for v in enum):
-            return [f"{where}: enum must be a non-empty list of {_TYPE_WORDS[kind]} values"]
-    return []
-
-
-def schema_problems(parameters: Any) -> list[str]:
-    """Why ``parameters`` is not a valid tool parameters schema of the supported kind (empty if valid)."""
-    if not isinstance(parameters, dict):
-        return [f"expected a dict, got {type(parameters).__name__}"]
-    if parameters.get("type") != "object":
-        return [f"top-level 'type' must be 'object', got {parameters.get('type')!r}"]
-    props, required = parameters.get("properties", {}), parameters.get("required", [])
-    if not isinstance(props, dict):
-        return ["'properties' must be a dict"]
-    problems: list[str] = []
-    for key, prop in props.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            problems.append(f"property name {key!r} is not a Python identifier")
-        problems += _property_problems(prop, f"property {key!r}")
-    if not isinstance(required, list) or any(r not in props for r in required):
-        problems.append(f"'required' must list properties that exist, got {required!r}")
-    if parameters.get("additionalProperties", False) is not False:
-        problems.append("'additionalProperties' must be false")
-    if not _is_json(parameters):
-        problems.append("the schema is not JSON-serialisable")
-    return problems
-
-
-def _describe_schema(prop: dict[str, Any]) -> str:
-    """Human words for the values a property schema accepts ("an integer", "one of 'a', 'b'", ...)."""
-    if "anyOf" in prop:
-        other = next(o for o in prop["anyOf"] if o != {"type": "null"})
-        return f"{_describe_schema(other)} or null"
-    if "enum" in prop:
-        return "one of " + ", ".join(json.dumps(v) for v in prop["enum"])
-    if prop.get("type") == "array":
-        return f"a list whose items are each {_describe_schema(prop['items'])}"
-    return _TYPE_WORDS.get(prop.get("type", ""), "a value")
-
-
-def _json_type_word(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    return "object" if isinstance(value, dict) else type(value).__name__
-
-
-def _value_problem(value: Any, prop: dict[str, Any], path: str) -> str | None:
-    """None if ``value`` fits ``prop``; else what is wrong. JSON ints are not bools; floats accept ints."""
-    if "anyOf" in prop:
-        if value is None:
-            return None
-        other = next(o for o in prop["anyOf"] if o != {"type": "null"})
-        return None if _value_problem(value, other, path) is None else _wrong(value, prop, path)
-    kind = prop.get("type")
-    ok = {
-        "string": isinstance(value, str),
-        "integer": isinstance(value, int) and not isinstance(value, bool),
-        "number": isinstance(value, int | float) and not isinstance(value, bool),
-        "boolean": isinstance(value, bool),
-        "array": isinstance(value, list),
-    }.get(kind, True)
-    if not ok:
-        return _wrong(value, prop, path)
-    if "enum" in prop and not any(value == v and type(value) is type(v) for v in prop["enum"]):
-        return _wrong(value, prop, path)
-    if kind == "array":
-        for i, item in enumerate(value):
-            problem = _value_problem(item, prop["items"], f"{path}[{i}]")
-            if problem:
-                return problem
-    return None
-
-
-def _wrong(value: Any, prop: dict[str, Any], path: str) -> str:
-    shown = json.dumps(value) if _is_json(value) else repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return f"argument '{path}' must be {_describe_schema(prop)}, got {_json_type_word(value)} {shown}"
-
-
-def argument_problems(parameters: dict[str, Any], arguments: Any) -> list[str]:
-    """Every problem with ``arguments`` against a tool's schema: missing, unexpected and mistyped ones."""
-    if not isinstance(arguments, Mapping):
-        return [f"arguments must be a JSON object, got {_json_type_word(arguments)}"]
-    props: dict[str, Any] = parameters.get("properties", {})
-    missing = [k for k in parameters.get("required", []) if k not in arguments]
-    extra = [k for k in arguments if k not in props]
-    problems = [f"missing required argument '{k}'" for k in missing]
-    problems += [f"got unexpected argument '{k}'" for k in extra]
-    for key, value in arguments.items():
-        if key in props:
-            problem = _value_problem(value, props[key], key)
-            if problem:
-                problems.append(problem)
-    return problems
-
-
 def _usage(t: Tool) -> str:
     """``move(to: a string, steps?: an integer)``: the call shape, for error messages."""
     props, required = t.parameters.get("properties", {}), set(t.parameters.get("required", []))
-    parts = [f"{k}{'' if k in required else '?'}: {_describe_schema(p)}" for k, p in props.items()]
+    parts = [f"{k}{'' if k in required else '?'}: {describe_schema(p)}" for k, p in props.items()]
     return f"{t.name}({', '.join(parts)})"
 
 
@@ -468,13 +310,13 @@ def _parse_block(body: str) -> ToolCall | str:
     except (ValueError, RecursionError) as e:  # e.g. an int too long to convert, or absurd nesting
         return _parse_error(f"invalid JSON ({type(e).__name__})")
     if not isinstance(obj, dict):
-        return _parse_error(f"expected a JSON object, got {_json_type_word(obj)}")
+        return _parse_error(f"expected a JSON object, got {json_type_word(obj)}")
     name = obj.get("name")
     if not isinstance(name, str) or not name.strip():
         return _parse_error('missing "name" (a non-empty string)')
     arguments = obj.get("arguments", {})
     if not isinstance(arguments, dict):
-        return _parse_error(f'"arguments" must be a JSON object, got {_json_type_word(arguments)}')
+        return _parse_error(f'"arguments" must be a JSON object, got {json_type_word(arguments)}')
     return ToolCall(name=name.strip(), arguments=arguments)
 
 
@@ -606,7 +448,8 @@ class ToolBox:
             detail = problems[0] if len(problems) == 1 else f"called with bad arguments: {joined}"
             message = f"Error: tool '{name}' {detail}. Expected {_usage(t)}."
             return ToolResult(name, truncate(message, t.max_output_chars), True)
-        kwargs = _coerce(t.parameters, dict(call.arguments))
+        props = t.parameters.get("properties", {})
+        kwargs = {k: coerce(v, props[k]) for k, v in call.arguments.items()}
         if not t.timeout_s:
             try:
                 value = t.fn(**kwargs)
@@ -649,15 +492,3 @@ class ToolBox:
         detail = safe_str(e).strip()
         message = f"Error: tool '{t.name}' raised {type(e).__name__}" + (f": {detail}" if detail else ".")
         return ToolResult(t.name, truncate(message, t.max_output_chars), True)
-
-
-def _coerce(parameters: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
-    """Turn JSON ints given for ``number`` parameters into floats, so a ``float`` hint gets a float."""
-    props = parameters.get("properties", {})
-    for key, value in arguments.items():
-        prop = props.get(key, {})
-        kinds = [prop] + list(prop.get("anyOf", []))
-        is_int = isinstance(value, int) and not isinstance(value, bool)
-        if is_int and any(k.get("type") == "number" for k in kinds):
-            arguments[key] = float(value)
-    return arguments

@@ -25,7 +25,8 @@ Everything random is derived from ``run.seed`` and the iteration number (task se
 learner's mini-batch order), and a checkpoint holds the weights, the optimiser states and every RNG
 state, so a run stopped after iteration k and resumed gives the same iterations k+1.. as one that never
 stopped (``perf/*`` timings aside). The run directory holds ``config.yaml`` (the resolved config),
-``metrics.jsonl``, ``tensorboard/``, ``episodes/``, ``checkpoints/`` and, for a fresh default model,
+``metrics.jsonl``, ``tensorboard/``, ``episodes/``, ``failures/`` (the tasks that gave no episode, and
+why: ``agentrl.failures``), ``checkpoints/`` and, for a fresh default model,
 ``initial_model/`` (the reference policy of the KL term is always the initial model).
 """
 
@@ -64,6 +65,7 @@ from agentrl.critic import (
 from agentrl.data_parallel import SINGLE, DataParallel, init_from_env, launch, needs_launch
 from agentrl.diagnostics import credit_metrics
 from agentrl.episodes import save_episodes
+from agentrl.failures import FAILURES_DIR, check_not_empty, save_failures
 from agentrl.guards import DivergenceError, check_advantages, check_models, largest_weight
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
@@ -106,6 +108,7 @@ class Trainer:
     iteration: int  # the last iteration finished
     env_steps: int = 0  # environment steps (policy turns) of every episode so far
     initial_largest_weight: float = 1.0  # the divergence guard's scale (agentrl.guards)
+    empty_iterations: int = 0  # iterations in a row in which every task failed (agentrl.failures)
     rollout: Rollout | None = None  # rank 0's (agentrl.scale_out); None on the other learner ranks
     parallel: DataParallel = SINGLE  # this process's learner rank
 
@@ -252,7 +255,7 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     largest = extra.get("initial_largest_weight", largest_weight(policy))
     rollout = make_rollout(cfg, runner, weights, policy, parallel)
     return Trainer(cfg, run_dir, policy, tokenizer, critic, learner, runner, chat, logger, iteration,
-                   env_steps, largest, rollout, parallel)
+                   env_steps, largest, rollout=rollout, parallel=parallel)
 
 
 class _Unlogged(MetricsLogger):
@@ -330,7 +333,12 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
                       upcoming=upcoming)
     episodes = result.episodes
     metrics = rollout_metrics(result.metrics, episodes)
-    if not episodes:  # every task failed: nothing to learn from; the failures are in the metrics
+    failures_file = t.run_dir / FAILURES_DIR / f"iter_{iteration:06d}.jsonl"
+    if result.failures and t.parallel.is_main:
+        save_failures(failures_file, result.failures)
+    t.empty_iterations = 0 if episodes else t.empty_iterations + 1
+    check_not_empty(t.empty_iterations, cfg.rollout.max_empty_iterations, result.failures, failures_file)
+    if not episodes:  # every task failed: nothing to learn from; the reasons are in failures/
         return metrics | timer.metrics()
 
     with timer.phase("advantages"):
@@ -463,11 +471,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 metrics |= timer.metrics()
             t.logger.log(iteration, metrics)
             t.iteration = iteration
+    except KeyboardInterrupt:  # Ctrl-C (an environment's own is caught by the runner): say what is lost
+        print(interrupted(t), file=sys.stderr)
+        raise
     finally:
         t.logger.close()
         if t.rollout is not None:
             t.rollout.close()
     return t.run_dir
+
+
+def interrupted(t: Trainer) -> str:
+    """What an interrupted run kept and lost, and how to go on."""
+    last = latest_checkpoint(t.run_dir)
+    if last is None:
+        return (f"interrupted in iteration {t.iteration + 1} before the first checkpoint: nothing is kept; "
+                f"agentrl train --resume {t.run_dir} starts the run again")
+    return (f"interrupted in iteration {t.iteration + 1}: the last checkpoint is {last.name}; "
+            f"agentrl train --resume {t.run_dir} goes on from there (the iterations after it run again)")
 
 
 def config_for(config: str | None, overrides: list[str], *, iterations: int | None, run_dir: str | None,

@@ -55,6 +55,10 @@ class SubTrace:
         summary_start: where the policy-written summary that closes this window begins (``policy``
             compaction): tokens from here to the end are that summary, all policy tokens. None when the
             window holds no summary.
+        end: why the window ended: ``compaction`` (a compaction closed it and the episode went on, or
+            tried to: see ``Episode.truncation_reason``), else the episode's own end, ``terminated`` or
+            its truncation reason (``max_turns``, ``context_full``, ...). None in records written before
+            agentrl recorded it.
     """
 
     token_ids: tuple[int, ...]
@@ -62,6 +66,7 @@ class SubTrace:
     logprobs: tuple[float | None, ...]
     rewards: tuple[float, ...]
     summary_start: int | None = None
+    end: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("token_ids", "loss_mask", "logprobs", "rewards"):
@@ -94,6 +99,8 @@ class SubTrace:
         ):
             raise ValueError(f"summary_start: expected None or a position in (0, {n}) followed only by "
                              f"policy tokens, got {start!r}")
+        if self.end is not None and (not isinstance(self.end, str) or not self.end):
+            raise ValueError(f"end: expected None or a non-empty str, got {self.end!r}")
 
     @property
     def num_tokens(self) -> int:
@@ -115,6 +122,7 @@ class SubTrace:
             "logprobs": list(self.logprobs),
             "rewards": list(self.rewards),
             "summary_start": self.summary_start,
+            "end": self.end,
         }
 
     @classmethod
@@ -125,6 +133,7 @@ class SubTrace:
             logprobs=tuple(d["logprobs"]),
             rewards=tuple(float(r) for r in d["rewards"]),
             summary_start=d.get("summary_start"),
+            end=d.get("end"),
         )
 
 
@@ -133,7 +142,7 @@ class Episode:
     """One rollout of one task: its sub-traces in order, how it ended, and its counters.
 
     Attributes:
-        sub_traces: the context windows in order; one more than the number of compactions.
+        sub_traces: the context windows in order; each says why it ended (``SubTrace.end``).
         task_id: which task (environment and seed) this episode solved.
         group_id: GRPO groups episodes (never sub-traces) that share this id.
         end: ``terminated`` (the environment said done: nothing to bootstrap) or ``truncated``
@@ -195,7 +204,12 @@ class Episode:
 
     @property
     def num_compactions(self) -> int:
-        return len(self.sub_traces) - 1
+        """Windows closed by a compaction (``SubTrace.end``); for records without ``end``, one less than
+        the number of sub-traces. A compaction whose resumed window had no room (the episode then ends
+        ``context_full``) counts: its summary was written."""
+        if all(s.end is None for s in self.sub_traces):
+            return len(self.sub_traces) - 1
+        return sum(s.end == "compaction" for s in self.sub_traces)
 
     @property
     def num_tokens(self) -> int:

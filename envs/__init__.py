@@ -14,8 +14,9 @@ def register_builtin(registry: Registry | None = None) -> None:
     from envs.arithmetic import Arithmetic
     from envs.code_fix import CodeFix
     from envs.graph_nav import GraphNav
-    from envs.gym_adapter import GymTextEnv
+    from envs.gym_discrete import GYM_DESCRIPTION, make_gym
     from envs.ledger import Ledger
 
-    for cls in (GraphNav, Ledger, Arithmetic, GymTextEnv, CodeFix):
+    for cls in (GraphNav, Ledger, Arithmetic, CodeFix):
         register(cls.name, cls, description=cls.description, registry=registry)
+    register("gym", make_gym, description=GYM_DESCRIPTION, registry=registry)

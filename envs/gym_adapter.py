@@ -1,10 +1,11 @@
 """gym: Gymnasium's toy-text games (FrozenLake, Taxi, CliffWalking) played through tools, on a text board.
 
 ``GymTextEnv(game, **game_kwargs)`` wraps ``gymnasium.make(game, **game_kwargs)``. Gymnasium is an
-optional extra (``pip install agentrl[gym]``); it is imported when a ``GymTextEnv`` is built, so
-``import envs`` works without it. The game ids are Gymnasium's own: with gymnasium 1.4 they are
-``FrozenLake-v1``, ``FrozenLake8x8-v1``, ``Taxi-v4`` (``Taxi-v3`` in gymnasium 1.0 to 1.2) and
-``CliffWalking-v1``; any id of those three families that the installed gymnasium registers is accepted.
+optional dependency (``pip install 'gymnasium>=1.0'``, or the ``gym`` extra of a clone); it is imported
+when a ``GymTextEnv`` is built, so ``import envs`` works without it. The game ids are Gymnasium's own:
+with gymnasium 1.4 they are ``FrozenLake-v1``, ``FrozenLake8x8-v1``, ``Taxi-v4`` (``Taxi-v3`` in
+gymnasium 1.0 to 1.2) and ``CliffWalking-v1``; any id of those three families that the installed
+gymnasium registers is accepted.
 
 Tools: ``move(direction)`` with ``direction`` one of up, down, left, right (Taxi's north, south, east
 and west); Taxi also has ``pickup()`` and ``dropoff()``. A Taxi env is an instance of a private
@@ -35,6 +36,10 @@ holes and the cliff; on stochastic ones (slippery ice, rainy or fickle Taxi) it 
 success chance and solves only part of the seeds. With ``random_map_size=n`` every seed draws its own
 FrozenLake map of side ``n`` (Gymnasium's ``generate_random_map``, 80% frozen, always solvable);
 otherwise the map is the game's fixed one and only the start state (Taxi) varies with the seed.
+
+A reply without a tool call ends the episode with reward 0; with ``nudge`` (``True`` for the default
+text, or a text of your own) it is answered with that text and the episode goes on. Every other
+Gymnasium game with a discrete action space goes through ``envs.gym_discrete``.
 """
 
 import random
@@ -52,6 +57,7 @@ ACTIONS = {
     "Taxi": ("down", "up", "right", "left", "pickup", "dropoff"),
 }
 GAMMA = 0.95
+DEFAULT_NUDGE = "Reply with a tool call, such as move(direction=...), to make your move."
 MAX_MAP_SIZE = 32  # generate_random_map retries until a map is solvable; larger sides take very long
 Direction = Literal["up", "down", "left", "right"]
 
@@ -69,7 +75,8 @@ def _import_gymnasium() -> Any:
     try:
         import gymnasium
     except ImportError as err:  # the extra is optional: say how to get it
-        raise ImportError("GymTextEnv needs gymnasium: pip install agentrl[gym]") from err
+        raise ImportError("the gym environment needs gymnasium: pip install 'gymnasium>=1.0' (in a clone of "
+                          "agentrl: pip install -e '.[gym]')") from err
     return gymnasium
 
 
@@ -128,9 +135,13 @@ class GymTextEnv(ToolEnv):
         return super().__new__(cls)
 
     def __init__(
-        self, game: str = "FrozenLake-v1", *, random_map_size: int | None = None, **game_kwargs: Any
+        self, game: str = "FrozenLake-v1", *, random_map_size: int | None = None, nudge: bool | str = False,
+        **game_kwargs: Any,
     ) -> None:
         super().__init__()
+        self.nudge = DEFAULT_NUDGE if nudge is True else (nudge or None)
+        if not isinstance(self.nudge, str | None):
+            raise ValueError(f"nudge: expected true, false or a text, got {nudge!r}")
         self._gym = _import_gymnasium()
         self.family = game_family(game)
         known = sorted(k for k in self._gym.registry if k.startswith(FAMILIES))
@@ -244,6 +255,12 @@ class GymTextEnv(ToolEnv):
         if state == before:
             return f"You cannot move {action_name} from here; you stay in place."
         return f"You move {action_name}."
+
+    def on_answer(self, text: str) -> str | None:
+        """A reply without a tool call: the nudge, if set (the episode goes on); else the episode ends."""
+        if self.nudge is not None:
+            return self.nudge
+        return super().on_answer(text)
 
     @tool
     def move(self, direction: Direction) -> str:

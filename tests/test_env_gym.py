@@ -227,13 +227,14 @@ print(sorted(name for name, _ in registry.list_envs()))
 registry.make("ledger")
 try:
     registry.make("gym")
-except ImportError as e:
-    print(f"ImportError: {e}")
+except ValueError as e:
+    print(f"ValueError: {e}")
 """
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "['arithmetic', 'code_fix', 'graph_nav', 'gym', 'ledger']",
-        "ImportError: GymTextEnv needs gymnasium: pip install agentrl[gym]",
+        "ValueError: env: 'gym' needs a package that is not installed (the gym environment needs "
+        "gymnasium: pip install 'gymnasium>=1.0' (in a clone of agentrl: pip install -e '.[gym]'))",
     ]

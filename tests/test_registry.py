@@ -9,7 +9,7 @@ from agentrl.env import Env, ToolEnv, check_env
 from agentrl.registry import Registry, register
 from envs.arithmetic import Arithmetic
 from envs.graph_nav import GraphNav
-from envs.gym_adapter import GymTextEnv
+from envs.gym_discrete import GYM_DESCRIPTION, make_gym
 from envs.ledger import Ledger
 
 
@@ -129,7 +129,7 @@ def test_module_level_register_targets_the_given_registry() -> None:
     assert "echo" not in dict(registry.list_envs())  # the default registry is untouched
 
 
-BUILTIN = {"graph_nav": GraphNav, "ledger": Ledger, "arithmetic": Arithmetic, "gym": GymTextEnv}
+BUILTIN = {"graph_nav": GraphNav, "ledger": Ledger, "arithmetic": Arithmetic}
 
 
 def test_entry_points_register_the_builtin_envs() -> None:
@@ -139,6 +139,7 @@ def test_entry_points_register_the_builtin_envs() -> None:
     for name, cls in BUILTIN.items():
         assert r.spec(name).factory is cls
         assert listed[name] == cls.description and listed[name]
+    assert r.spec("gym").factory is make_gym and listed["gym"] == GYM_DESCRIPTION  # GymTextEnv and others
     assert [n for n, _ in r.list_envs()] == sorted(listed)
 
 

@@ -138,3 +138,9 @@ def test_bad_requests_and_engines_are_one_line_errors(engine, tmp_path: Path) ->
     with pytest.raises(BackendUnavailable, match="the engine did not start") as info:
         VLLMSampler(tmp_path, VLLMSettings(max_model_len=256, cpu_kvcache_gib=1))
     assert "\n" not in str(info.value)
+
+
+def test_an_engine_without_the_memory_it_asks_for_is_a_one_line_error(tiny_model_dir: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="the engine did not start.*memory") as info:
+        VLLMSampler(tiny_model_dir, VLLMSettings(max_model_len=256, cpu_kvcache_gib=100_000))
+    assert "\n" not in str(info.value)
