@@ -647,6 +647,60 @@ class OptimSection(_Section):
 
 
 @dataclass(frozen=True)
+class DistributedSection(_Section):
+    """Where a run's work is placed (docs/distributed.md); the defaults are one process, without Ray.
+
+    Attributes:
+        rollout_workers: Ray actors that play the episodes, each with its own sampler and environments;
+            0: the runner in this process (Ray is not needed).
+        rollout_shards: an iteration's tasks are cut into this many shards, each played with its own
+            sampling seed; the episodes depend on the shards, never on how many workers play them. At
+            most ``rollout.tasks_per_iteration``; null: ``max(1, rollout_workers)``.
+        worker_cpus: the CPUs Ray reserves for each rollout worker, > 0 (fractions allowed).
+        worker_gpus: the GPUs Ray reserves for each rollout worker, >= 0; above 0 it samples on CUDA.
+        worker_timeout_s: a shard that runs longer than this is declared hung: its worker is killed, its
+            finished episodes kept and its other tasks recorded as failures; > 0.
+        shard_retries: how many times a shard whose worker died is played again on a new worker (it
+            gives the same episodes), >= 0; after that its tasks are recorded as failures.
+        ray_address: the Ray cluster to join (``ray.init(address=...)``); null: start a local one.
+        learner_ranks: data-parallel learner processes (torch.distributed), >= 1; each updates on its
+            share of every mini-batch, with the loss normalisers summed over all ranks.
+        backend: the torch.distributed backend of the learner ranks: ``gloo`` (CPU) or ``nccl`` (GPU).
+        overlap: one-step off-policy: iteration k+1's rollout runs with the weights of k-1 while k
+            updates (docs/distributed.md says what it changes); false: every rollout uses the newest.
+    """
+
+    SECTION: ClassVar[str] = "distributed"
+    rollout_workers: int = 0
+    rollout_shards: int | None = None
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
+    worker_timeout_s: float = 600.0
+    shard_retries: int = 1
+    ray_address: str | None = None
+    learner_ranks: int = 1
+    backend: Literal["gloo", "nccl"] = "gloo"
+    overlap: bool = False
+
+    def _validate(self) -> None:
+        self._check("rollout_workers", self.rollout_workers >= 0, "an int >= 0")
+        self._check("rollout_shards", self.rollout_shards is None or self.rollout_shards >= 1,
+                    "null or an int >= 1")
+        self._check("worker_cpus", self.worker_cpus > 0, "a number > 0")
+        self._check("worker_gpus", self.worker_gpus >= 0, "a number >= 0")
+        self._check("worker_timeout_s", self.worker_timeout_s > 0, "a number > 0")
+        self._check("shard_retries", self.shard_retries >= 0, "an int >= 0")
+        self._check("ray_address", self.ray_address is None or self.rollout_workers >= 1,
+                    "null when rollout_workers is 0 (no Ray worker to place)")
+        self._check("learner_ranks", self.learner_ranks >= 1, "an int >= 1")
+
+    @property
+    def shards(self) -> int:
+        """The iteration's task shards: ``rollout_shards``, or one per worker (at least one)."""
+        return self.rollout_shards if self.rollout_shards is not None else max(1, self.rollout_workers)
+
+
+@dataclass(frozen=True)
 class TrainConfig(_Section):
     """Everything ``agentrl train`` needs; one section per concern.
 
@@ -659,6 +713,7 @@ class TrainConfig(_Section):
         ppo: PPO's settings (used when ``algorithm`` is ppo).
         grpo: GRPO's settings (used when ``algorithm`` is grpo).
         optim: optimisers and micro-batch size.
+        distributed: rollout workers on Ray, data-parallel learner ranks, the overlap.
     """
 
     run: RunSection = field(default_factory=RunSection)
@@ -669,6 +724,7 @@ class TrainConfig(_Section):
     ppo: PPOSection = field(default_factory=PPOSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     optim: OptimSection = field(default_factory=OptimSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
 
     def _validate(self) -> None:
         rollout, algo = self.rollout, self.algorithm_section
@@ -683,6 +739,12 @@ class TrainConfig(_Section):
         _require(self.optim.micro_batch_tokens >= rollout.context_budget, "optim.micro_batch_tokens",
                  f"at least rollout.context_budget = {rollout.context_budget} (a micro-batch holds whole "
                  "sub-traces)", self.optim.micro_batch_tokens)
+        dist = self.distributed
+        _require(dist.shards <= rollout.tasks_per_iteration, "distributed.rollout_shards",
+                 f"at most rollout.tasks_per_iteration = {rollout.tasks_per_iteration} (a shard holds "
+                 "whole tasks)", dist.shards)
+        _require(dist.backend == "gloo" or self.model.device != "cpu", "distributed.backend",
+                 "gloo with model.device cpu (nccl needs GPUs)", dist.backend)
 
     @property
     def algorithm_section(self) -> PPOSection | GRPOSection:

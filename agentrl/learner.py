@@ -85,6 +85,7 @@ from agentrl.batch import (
 )
 from agentrl.config import OptimSection, TrainConfig
 from agentrl.critic import SharedValueHead
+from agentrl.data_parallel import SINGLE, DataParallel
 from agentrl.diagnostics import explained_variance
 from agentrl.losses import aggregate, kl, policy_loss, tis_weights, value_loss
 from agentrl.metrics import ROLLOUT_LOGPROB_MISMATCH_MAX, ROLLOUT_LOGPROB_MISMATCH_MEAN
@@ -120,12 +121,12 @@ class _Meter:
             self.sums[name] = self.sums[name] + total if name in self.sums else total
             self.weights[name] = self.weights.get(name, 0.0) + other.weights[name]
 
-    def result(self) -> dict[str, float]:
-        out = {}
-        for name, total in self.sums.items():
-            w = float(self.weights[name])
-            out[name] = float(total) / w if w > 0 else 0.0
-        return out
+    def result(self, parallel: DataParallel = SINGLE) -> dict[str, float]:
+        """The weighted means, over every rank's sums when ``parallel`` has several."""
+        sums = {name: float(total) for name, total in self.sums.items()}
+        weights = {name: float(w) for name, w in self.weights.items()}
+        sums, weights = parallel.merge_sums(sums, weights)
+        return {name: total / weights[name] if weights[name] > 0 else 0.0 for name, total in sums.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,6 +176,8 @@ class Learner:
             ``cfg.needs_reference`` (a KL term is on), ignored otherwise.
         seed: seeds the mini-batch order (the learner's own generator; the global RNG is untouched).
         pad_id: token id written at padding (any id in the vocabulary).
+        parallel: this process's learner rank (``agentrl.data_parallel``): each rank updates on its share
+            of every mini-batch, with normalisers, gradients and metrics summed over the ranks.
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class Learner:
         reference: torch.nn.Module | None = None,
         seed: int = 0,
         pad_id: int = 0,
+        parallel: DataParallel = SINGLE,
     ) -> None:
         if cfg.needs_critic and critic is None:
             raise ValueError("critic: PPO needs a critic (critic.critic_from_policy or SharedValueHead)")
@@ -199,6 +203,7 @@ class Learner:
         self.cfg, self.policy, self.critic = cfg, policy, critic
         self.reference = reference if cfg.needs_reference else None
         self.pad_id = pad_id
+        self.parallel = parallel
         # Shared prefixes are read once (optim.shared_prefix): policy_logprobs does it for Hugging Face
         # models; a critic does it when its forward takes ``shared_prefix`` (agentrl.critic's do).
         takes = critic is not None and "shared_prefix" in inspect.signature(critic.forward).parameters
@@ -329,6 +334,15 @@ class Learner:
             out.append([i for i, row in enumerate(rows) if row.episode_index in chosen])
         return out
 
+    def _mine(self, rows: Sequence[Row], indices: Sequence[int]) -> list[Row]:
+        """This rank's rows of the mini-batch ``indices``: those of its share of the episodes (all of them
+        in a single process)."""
+        chosen = [rows[i] for i in indices]
+        if self.parallel.world == 1:
+            return chosen
+        mine = set(self.parallel.shard(list(dict.fromkeys(row.episode_index for row in chosen))))
+        return [row for row in chosen if row.episode_index in mine]
+
     def _step(
         self,
         rows: Sequence[Row],
@@ -351,6 +365,10 @@ class Learner:
             finite &= torch.isfinite(loss.detach())
             total += loss.detach().double()
             loss.backward()
+        # one update over the ranks: the global loss (any rank's non-finite loss makes it non-finite on
+        # every rank, so all skip together) and the summed gradients, before the same clipping
+        finite &= torch.isfinite(self.parallel.sum_(total))
+        self.parallel.sum_gradients(p for _, m, _ in models for p in _trainable(m))
         max_norm = self.cfg.optim.grad_clip or float("inf")
         norms = {name: torch.nn.utils.clip_grad_norm_(_trainable(m), max_norm) for name, m, _ in models}
         for norm in norms.values():
@@ -383,9 +401,9 @@ class Learner:
         models = [("critic", self.critic, self.critic_optimizer)]
         for _ in range(self.cfg.ppo.critic_updates):
             for indices in self.minibatches(rows, self.cfg.ppo.minibatches):
-                chosen = [rows[i] for i in indices]
+                chosen = self._mine(rows, indices)
                 skipped += not self._step(chosen, self._critic_loss_fn(chosen), models, meter)
-        return meter.result() | {"skipped_updates": float(skipped)}
+        return meter.result(self.parallel) | {"skipped_updates": float(skipped)}
 
     def pretrain_critic(self, rows: Sequence[Row]) -> dict[str, float]:
         """Value pre-training: the critic's update alone (``update_critic``), for the first
@@ -402,7 +420,7 @@ class Learner:
 
     def _critic_loss_fn(self, rows: Sequence[Row]) -> Callable[[Batch, _Meter], torch.Tensor]:
         """The micro-batch critic loss of the mini-batch ``rows`` (its normaliser bound in)."""
-        n = policy_token_count(rows)
+        n = self.parallel.global_count(policy_token_count(rows), self.device)
         model = self._critic_model()
 
         def loss_fn(batch: Batch, meter: _Meter) -> torch.Tensor:
@@ -440,9 +458,9 @@ class Learner:
             models.append(("critic", self.critic, self.critic_optimizer))  # type: ignore[arg-type]
         for _ in range(algo.epochs):
             for indices in self.minibatches(rows, algo.minibatches):
-                chosen = [rows[i] for i in indices]
+                chosen = self._mine(rows, indices)
                 skipped += not self._step(chosen, self._policy_loss_fn(chosen), models, meter)
-        return meter.result() | {"skipped_updates": float(skipped)}
+        return meter.result(self.parallel) | {"skipped_updates": float(skipped)}
 
     def _kl_in_loss(self) -> bool:
         algo = self.cfg.algorithm_section
@@ -451,12 +469,13 @@ class Learner:
     def _policy_loss_fn(self, rows: Sequence[Row]) -> Callable[[Batch, _Meter], torch.Tensor]:
         """The micro-batch policy loss of the mini-batch ``rows`` (its normalisers bound in)."""
         algo = self.cfg.algorithm_section
-        n = policy_token_count(rows)
+        n = self.parallel.global_count(policy_token_count(rows), self.device)
         # A sequence of the seq-mean modes is an episode (all its sub-traces), so that compaction never
         # changes an episode's weight; subtrace-mean-token-mean counts rows instead, for comparison.
         episode_tokens = episode_policy_tokens(rows)
         per_row = algo.aggregation == "subtrace-mean-token-mean"
         seqs = policy_row_count(rows) if per_row else sum(count > 0 for count in episode_tokens.values())
+        seqs = self.parallel.global_count(seqs, self.device)
 
         def loss_fn(batch: Batch, meter: _Meter) -> torch.Tensor:
             out, values = self._forward(batch)

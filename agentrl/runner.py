@@ -336,6 +336,7 @@ class Runner:
         *,
         seed: int | None = None,
         teacher: bool = False,
+        on_episode: Callable[[int, Episode], None] | None = None,
     ) -> RunResult:
         """Run every task to its end; ``make_env`` builds an environment when no free one is left.
 
@@ -348,16 +349,20 @@ class Runner:
         ``state_digest()``, each encoded and closed with the stop token, with log-prob 0 (they were not
         sampled). The sampler is not used. An episode whose expert has no action (None) ends truncated
         with reason ``no_expert``. The episodes are demonstrations for a supervised warm start.
+
+        ``on_episode(task_index, episode)`` is called as each episode finishes, so that a caller can keep
+        the finished ones of a run that never returns (a rollout worker whose environment hangs).
         """
         runner = Runner(NoSampler(), self.chat, self.config) if teacher else self
         runner._calls = EnvCalls(self.config.env_timeout_s)  # every call into an env: agentrl.env_calls
         try:
-            return runner._loop(make_env, tasks, seed, teacher=teacher)
+            return runner._loop(make_env, tasks, seed, teacher=teacher, on_episode=on_episode)
         finally:
             runner._calls.close()
 
     def _loop(
-        self, make_env: Callable[[], Env], tasks: Sequence[Task], seed: int | None, *, teacher: bool
+        self, make_env: Callable[[], Env], tasks: Sequence[Task], seed: int | None, *, teacher: bool,
+        on_episode: Callable[[int, Episode], None] | None = None,
     ) -> RunResult:
         cfg = self.config
         rng = random.Random(seed)
@@ -408,6 +413,8 @@ class Runner:
                                                       "before its first action"))
                 else:
                     done[run.index] = episode
+                    if on_episode is not None:
+                        on_episode(run.index, episode)
                 if run.reason != "env_error":  # an env that crashed or hung is not reused
                     free.append(run.env)
                 else:

@@ -65,6 +65,7 @@ from agentrl.critic import (
     load_shared_value_head,
     reference_from_policy,
 )
+from agentrl.data_parallel import SINGLE, DataParallel, init_from_env, launch, needs_launch
 from agentrl.diagnostics import credit_metrics
 from agentrl.episodes import save_episodes
 from agentrl.failures import FAILURES_DIR, check_not_empty, save_failures
@@ -85,9 +86,10 @@ from agentrl.metrics import (
 )
 from agentrl.models import init_model, load_model
 from agentrl.outputs import check_writable_dir
-from agentrl.registry import make
+from agentrl.rollout import TorchSampler
+from agentrl.rollout_shards import Rollout
 from agentrl.runner import Runner, Task
-from agentrl.weight_sync import push_weights
+from agentrl.scale_out import make_rollout, play, push
 
 CONFIG_FILE = "config.yaml"
 INITIAL_MODEL_DIR = "initial_model"
@@ -112,6 +114,8 @@ class Trainer:
     env_steps: int = 0  # environment steps (policy turns) of every episode so far
     initial_largest_weight: float = 1.0  # the divergence guard's scale (agentrl.guards)
     empty_iterations: int = 0  # iterations in a row in which every task failed (agentrl.failures)
+    rollout: Rollout | None = None  # rank 0's (agentrl.scale_out); None on the other learner ranks
+    parallel: DataParallel = SINGLE  # this process's learner rank
 
     @property
     def total_iterations(self) -> int:
@@ -213,13 +217,19 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     if resume and not list_checkpoints(run_dir):
         print(f"agentrl train: {run_dir} has no complete checkpoint yet; starting it from iteration 0",
               file=sys.stderr)
+    parallel = init_from_env(cfg.distributed.backend, cfg.distributed.learner_ranks)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / CONFIG_FILE)
+    if parallel.is_main:
+        save_config(cfg, run_dir / CONFIG_FILE)
     random.seed(cfg.run.seed)
     np.random.seed(cfg.run.seed % 2**32)
     torch.manual_seed(cfg.run.seed)
 
+    if not parallel.is_main:  # rank 0 writes a fresh initial model; the others read it
+        parallel.barrier()
     initial = _initial_model_dir(cfg, run_dir)
+    if parallel.is_main:
+        parallel.barrier()
     point = _resume_point(cfg, run_dir, device) if resume else None
     weights = initial  # the policy's weights on disk, for a rollout engine that loads its own
     if point is None:
@@ -232,23 +242,43 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     if cfg.needs_reference:  # the initial policy, frozen, whether or not the run resumes
         reference = reference_from_policy(load_policy(initial, cfg, device)[0])
     learner = Learner(cfg, policy, critic=critic, reference=reference, seed=cfg.run.seed,
-                      pad_id=tokenizer.pad_token_id or 0)
+                      pad_id=tokenizer.pad_token_id or 0, parallel=parallel)
     iteration, extra = 0, {}
     if state is not None:
         learner.load_state_dict(state.extra["learner"])
         restore_rng(state.rng)
         iteration, extra = state.iteration, state.extra
     chat = ChatFormat(tokenizer)
-    sampler = make_sampler(cfg.rollout.backend, policy, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
+    local = parallel.is_main and cfg.distributed.rollout_workers == 0  # else the sampler is never used
+    sampler = (make_sampler(cfg.rollout.backend, policy, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
+               if local else TorchSampler(policy))
     runner = Runner(sampler, chat, cfg.to_runner_config())
-    logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
-                           resume_from_iteration=iteration if resume else None, label=cfg.run.name,
-                           max_env_steps=cfg.run.max_env_steps)
-    env_steps = _restore_records(logger, iteration, extra) if resume else 0
-    logger.start_env_steps = env_steps
+    if parallel.is_main:
+        logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
+                               resume_from_iteration=iteration if resume else None, label=cfg.run.name,
+                               max_env_steps=cfg.run.max_env_steps)
+        env_steps = _restore_records(logger, iteration, extra) if resume else 0
+        logger.start_env_steps = env_steps
+    else:  # rank 0 alone writes the run directory
+        logger = _Unlogged(run_dir)
+        env_steps = int(extra.get("env_steps", 0))
     largest = extra.get("initial_largest_weight", largest_weight(policy))
+    rollout = make_rollout(cfg, runner, weights, policy, parallel)
     return Trainer(cfg, run_dir, policy, tokenizer, critic, learner, runner, chat, logger, iteration,
-                   env_steps, largest)
+                   env_steps, largest, rollout=rollout, parallel=parallel)
+
+
+class _Unlogged(MetricsLogger):
+    """A learner rank other than 0: logs nothing, writes nothing."""
+
+    def __init__(self, run_dir: Path) -> None:  # no file opened, unlike the logger it stands for
+        self.run_dir = run_dir
+
+    def log(self, iteration: int, metrics: Any, *, note: str | None = None) -> dict[str, float]:
+        return {key: float(value) for key, value in metrics.items()}
+
+    def close(self) -> None:
+        pass
 
 
 def _holds_run(run_dir: Path) -> bool:
@@ -305,17 +335,18 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
     """Rollout, advantages, update for one iteration; returns its metrics (not yet logged)."""
     cfg, timer = t.cfg, PhaseTimer()
 
-    def make_env() -> Any:
-        return make(cfg.env.name, **cfg.env.options)
-
+    upcoming = None  # with distributed.overlap, the next iteration plays while this one updates
+    if iteration < t.total_iterations:
+        upcoming = (tasks_for(cfg, iteration + 1), _seed(cfg, iteration + 1, 0))
     with timer.phase("rollout"):
-        result = t.runner.run(make_env, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0))
+        result = play(t.rollout, t.parallel, tasks_for(cfg, iteration), seed=_seed(cfg, iteration, 0),
+                      upcoming=upcoming)
     episodes = result.episodes
     metrics = rollout_metrics(result.metrics, episodes)
     if (path := getattr(t.runner.sampler, "decode_path", None)) is not None:  # the torch backend's
         metrics[PERF_DECODE_PATH] = float(path == "lean")
     failures_file = t.run_dir / FAILURES_DIR / f"iter_{iteration:06d}.jsonl"
-    if result.failures:
+    if result.failures and t.parallel.is_main:
         save_failures(failures_file, result.failures)
     t.empty_iterations = 0 if episodes else t.empty_iterations + 1
     check_not_empty(t.empty_iterations, cfg.rollout.max_empty_iterations, result.failures, failures_file)
@@ -351,15 +382,16 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
         metrics |= update
     metrics["skipped_updates"] = skipped
 
-    save_episodes(t.run_dir / EPISODES_DIR / f"iter_{iteration:06d}.jsonl", episodes, decode=t.chat.decode,
-                  token_fields=_token_fields(rows, episodes))
+    if t.parallel.is_main:
+        save_episodes(t.run_dir / EPISODES_DIR / f"iter_{iteration:06d}.jsonl", episodes,
+                      decode=t.chat.decode, token_fields=_token_fields(rows, episodes))
     memory = peak_memory_mb(next(t.policy.parameters()).device)
     return metrics | timer.metrics() | {"perf/peak_memory_mb": memory}
 
 
 def _sync(t: Trainer) -> dict[str, float]:
-    """Give the sampler the updated policy's weights (a vLLM engine keeps its own copy)."""
-    seconds = push_weights(t.runner.sampler, t.policy)
+    """Give the rollout the updated policy's weights (a vLLM engine or a Ray worker keeps its own copy)."""
+    seconds = push(t.rollout, t.policy)
     return {} if seconds is None else {PERF_WEIGHT_SYNC_S: seconds}
 
 
@@ -433,7 +465,14 @@ def check_divergence(t: Trainer, iteration: int) -> None:
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) training to ``run.iterations``, or until ``run.max_env_steps`` environment steps
-    are spent; returns the run directory."""
+    are spent; returns the run directory. With ``distributed.learner_ranks`` above 1 and no ranks
+    started by ``torchrun``, it starts them here (``agentrl.data_parallel.launch``)."""
+    if needs_launch(cfg.distributed.learner_ranks):
+        if not resume and _holds_run(cfg.run_dir):  # said here, before any rank starts
+            raise ValueError(f"run_dir: {cfg.run_dir} already holds a run; "
+                             f"resume it with --resume {cfg.run_dir}")
+        launch(cfg.distributed.learner_ranks, train, cfg, resume=resume, progress=progress)
+        return cfg.run_dir
     t = build(cfg, resume=resume, progress=progress)
     if progress:
         print(plan_line(cfg), file=sys.stderr, flush=True)
@@ -453,7 +492,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 raise
             last = iteration == t.total_iterations or t.budget_spent
             every = cfg.run.checkpoint_every
-            saved = last or bool(every and iteration % every == 0)
+            saved = t.parallel.is_main and (last or bool(every and iteration % every == 0))
             if saved:
                 timer = PhaseTimer()
                 with timer.phase("checkpoint"):
@@ -468,6 +507,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         raise
     finally:
         t.logger.close()
+        if t.rollout is not None:
+            t.rollout.close()
     return t.run_dir
 
 

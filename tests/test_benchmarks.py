@@ -95,3 +95,12 @@ def test_sandbox_overhead_prints_its_ratios(capsys) -> None:
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("call:", "episode:"))]
     assert len(rows) == 3 and all(re.search(r" \d+\.\d\d +-?\d+\.\d\d$", r) for r in rows)
+
+
+def test_scale_out_prints_its_ratios(capsys) -> None:
+    import scale_out
+
+    assert scale_out.main(["--episodes", "4", "--repeats", "1", "--iterations", "2", "--skip-workers",
+                           "--delay", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^iteration time .* ratio off/on: \d+\.\d\dx$", out, re.MULTILINE)

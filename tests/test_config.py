@@ -14,6 +14,7 @@ from agentrl.config import (
     Aggregation,
     CompactionSection,
     ConfigError,
+    DistributedSection,
     EnvSection,
     GAEMode,
     GRPOSection,
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 SECTIONS = (
     TrainConfig, RunSection, ModelSection, EnvSection, RolloutSection, CompactionSection, PPOSection,
-    GRPOSection, OptimSection,
+    GRPOSection, OptimSection, DistributedSection,
 )
 
 
@@ -98,7 +99,7 @@ def test_config_to_dict_is_plain_yaml_data() -> None:
     assert d["optim"]["betas"] == [0.9, 0.999]
     assert d["rollout"]["compaction"]["strategy"] == "policy"
     assert d["env"]["options"] == {"size": "small"}
-    assert list(d) == ["run", "model", "env", "rollout", "algorithm", "ppo", "grpo", "optim"]
+    assert list(d) == ["run", "model", "env", "rollout", "algorithm", "ppo", "grpo", "optim", "distributed"]
 
 
 # ---- overrides ---------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def test_exponent_without_dot_is_a_float_in_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "known"),
     [
-        ("foo", "run, model, env, rollout, algorithm, ppo, grpo, optim"),
+        ("foo", "run, model, env, rollout, algorithm, ppo, grpo, optim, distributed"),
         ("run.foo", "name, seed, iterations, checkpoint_every, run_dir"),
         ("model.foo", "path, init_size"),
         ("env.foo", "name, options"),
