@@ -11,7 +11,7 @@ The same work on both sides:
 - beta 0.04 with the k3 estimator to the frozen initial model, clip 0.2 / 0.28, token-mean loss;
 - one optimiser update per step (one mini-batch, one epoch), AdamW at the same constant learning rate,
   gradient norm clipped to 1; no activation checkpointing (TRL's default turns it on);
-- reward 1 when the reply's last integer is the result (``envs.arithmetic.last_integer``).
+- reward 1 when the reply's last integer is the result (``agentrl.envs.arithmetic.last_integer``).
 
 A step is everything between two updates: sampling, reward, reference log-probs, advantages, loss,
 backward, optimiser step. agentrl's is ``agentrl.train.run_iteration`` (which also writes the episodes

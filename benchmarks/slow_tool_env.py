@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from envs.arithmetic import Arithmetic
+from agentrl.envs.arithmetic import Arithmetic
 
 
 class SlowArithmetic(Arithmetic):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from envs.arithmetic import Arithmetic
+from agentrl.envs.arithmetic import Arithmetic
 
 
 class DyingArithmetic(Arithmetic):
