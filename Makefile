@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow test-vllm lint demo clean
+.PHONY: test test-slow test-vllm lint demo demo-long clean
 
 # Each install step says what it does first: the quiet pip installs take a minute or two between lines.
 $(BIN)/python:
@@ -55,6 +55,25 @@ demo: $(STAMP)
 		--set env.options.max_value=2 --set env.options.operators=+ --set rollout.max_response_tokens=4 \
 		--set rollout.tasks_per_iteration=8 --set rollout.group_size=8 --set rollout.max_concurrent=64 \
 		--set optim.actor_lr=1e-3 --set optim.critic_lr=1e-3 --set grpo.kl_beta=0 --set run.checkpoint_every=0
+
+# The long comparison of docs/results.md from nothing: a supervised warm start on ledger (48 records,
+# the count question, policy compaction: ledger_long's settings) from 800 expert episodes, then PPO
+# against GRPO from it on ledger_long, 5 seeds each, 3,600 environment steps per run, the two arms side
+# by side (one core each): runs/compare_ledger_long/report.md. The README gives the time it takes.
+LONG_SFT := runs/sft_ledger_long
+LONG_COMPARE := $(BIN)/agentrl compare --env ledger_long --seeds 5 --budget 3600 --model $(LONG_SFT) \
+	--eval-episodes 64 --out runs/compare_ledger_long
+demo-long: $(STAMP)
+	test -f $(LONG_SFT)/sft.json || OMP_NUM_THREADS=1 $(BIN)/agentrl sft --env ledger \
+		--env-option num_records=48 --env-option verbosity=terse --env-option question=count \
+		--compaction policy --keep-last 1 --max-summary-tokens 64 --max-response-tokens 48 \
+		--context-budget 1024 --max-turns 60 --max-total-tokens 8192 --max-compactions 10 \
+		--episodes 800 --epochs 1 --lr 1e-3 --lr-schedule cosine --warmup-steps 50 \
+		--eval-episodes 32 --heldout-demos 8 --out $(LONG_SFT)
+	OMP_NUM_THREADS=1 $(LONG_COMPARE) --algos ppo --quiet & ppo=$$!; \
+		OMP_NUM_THREADS=1 $(LONG_COMPARE) --algos grpo --quiet & grpo=$$!; \
+		wait $$ppo && wait $$grpo
+	OMP_NUM_THREADS=1 $(LONG_COMPARE)  # reuses the runs above and writes the report of both arms
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
