@@ -111,7 +111,8 @@ def test_a_worker_killed_mid_iteration_is_replaced_and_nothing_is_lost(tiny_mode
     clean = config(tiny_model_dir, *common)
     tasks = tasks_for(clean, 1)
     expected = in_process(tiny_model_dir, clean, shards=2).run(tasks, seed=7)
-    dying = config(tiny_model_dir, *common, "env.name=faulty_envs:DyingArithmetic",
+    # env.name first: a new environment drops the options set before it (max_value among them)
+    dying = config(tiny_model_dir, "env.name=faulty_envs:DyingArithmetic", *common,
                    f"env.options.die_seed={tasks[-1].seed}", f"env.options.marker={tmp_path / 'died'}")
     policy, _ = load_model(tiny_model_dir)
     pool = RayRollout(dying, tiny_model_dir, policy)
