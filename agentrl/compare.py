@@ -328,8 +328,9 @@ def compare(
 
     The arms start from ``configs`` (one YAML file per algorithm) or, without them, from
     ``<config_dir>/<algo>_<env>.yaml`` for each of ``algos`` (default ppo and grpo; ``config_dir``
-    default: the installed example configs). ``env`` (a registered name or ``module:attr``) replaces the
-    configs' environment, and its options with it; ``env_options`` (``key=value``) are its options."""
+    default: the installed example configs). With ``configs``, ``env`` (a registered name or
+    ``module:attr``) replaces their environment, and its options with it; without, it names the files
+    and their environment stays. ``env_options`` (``key=value``) are the environment's options."""
     if eval_episodes < 1:
         raise ValueError(f"--eval-episodes: expected an int >= 1, got {eval_episodes}")
     parsed = [parse_variant(v) for v in variants]
@@ -356,9 +357,11 @@ def compare(
             result = train_and_evaluate(cfg, eval_episodes, progress=progress)
             say(f"[{n}/{total}] {arm} seed {seed}: held-out success {result['success_rate']:.3f} "
                 f"({time.perf_counter() - start:.1f}s, {cfg.run_dir})")
+    # the files found for --env are named by their directory, so --env keeps meaning the setting
     command = command_line(env, algos=list(p.files), seeds=seeds, budget=budget, out=out, model=model,
-                           configs=list(p.files.values()), env_options=env_options, overrides=overrides,
-                           variants=variants, eval_episodes=eval_episodes)
+                           configs=list(p.files.values()) if configs else [], env_options=env_options,
+                           overrides=overrides, variants=variants, eval_episodes=eval_episodes,
+                           config_dir=None if configs else next(iter(p.files.values())).parent)
     first = next(iter(p.runs.values()))[0][1]
     return write_report(out, {arm: [(s, c.run_dir) for s, c in rs] for arm, rs in p.runs.items()},
                         budget=budget, intro=_intro(first.env.name, p, eval_episodes),
@@ -379,11 +382,15 @@ def env_prefix(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def command_line(env: str | None, *, algos: Sequence[str], seeds: int, budget: int, out: Path,
                  model: str | Path | None, configs: Sequence[str | Path], env_options: Sequence[str],
-                 overrides: Sequence[str], variants: Sequence[str], eval_episodes: int) -> str:
+                 overrides: Sequence[str], variants: Sequence[str], eval_episodes: int,
+                 config_dir: Path | None = None) -> str:
     """The ``agentrl compare`` command of these arguments, after the environment variables it ran with
-    (``env_prefix``); the config files are named, so it runs the same from any directory."""
+    (``env_prefix``); the config files (or the directory ``--env`` found them in) are named, so it runs
+    the same from any directory."""
     args = ["agentrl", "compare", *(["--env", env] if env is not None else []), "--algos", ",".join(algos),
             "--seeds", str(seeds), "--budget", str(budget), "--eval-episodes", str(eval_episodes)]
+    if config_dir is not None:
+        args += ["--config-dir", str(config_dir)]
     for path in configs:
         args += ["--config", str(path)]
     for option in env_options:

@@ -315,3 +315,12 @@ def test_env_names_a_setting_without_config_files_and_replaces_the_env_with_them
              env_options=["max_value=2"], **common)
     ((_, cfg),) = p.runs["ppo"]
     assert cfg.env.name == "arithmetic" and dict(cfg.env.options) == {"max_value": 2}
+
+
+def test_the_reproduce_command_of_a_setting_names_its_config_dir_not_its_files(tmp_path: Path) -> None:
+    from agentrl.compare import command_line
+
+    line = command_line("ledger_long", algos=["ppo"], seeds=1, budget=8, out=tmp_path, model=None, configs=[],
+                        env_options=[], overrides=[], variants=[], eval_episodes=4, config_dir=EXAMPLES)
+    assert "--env ledger_long --algos ppo" in line and f"--config-dir {EXAMPLES}" in line
+    assert "--config " not in line  # with a --config file, --env would replace the setting's environment
