@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from scripted import play
 
 from agentrl.chat import ChatFormat
 from agentrl.compaction import CompactionConfig
 from agentrl.env import StepResult, ToolEnv
 from agentrl.env_calls import EnvCalls, EnvRaised, EnvTimeout
 from agentrl.models import load_model
-from agentrl.runner import Runner, RunnerConfig, Task
-from agentrl.sampling import Generation, SamplingParams, per_session
 from agentrl.textsafety import capped
 from agentrl.tools import format_tool_call, tool
 from agentrl.types import Message
@@ -27,43 +25,9 @@ from agentrl.types import Message
 BAD_CALL = '<tool_call>{"name": "no_such_tool", "arguments": {}}</tool_call>'
 
 
-class Scripted:
-    """A sampler that writes the same text every time, closed by the stop token, cut at the session's
-    token limit (finish reason ``length``, no stop token) as a real one would be."""
-
-    def __init__(self, chat: ChatFormat, text: str) -> None:
-        self.ids = (*chat.encode(text), chat.im_end_id)
-        self.sessions = 0
-
-    def open(self, prompt_ids: Sequence[int]) -> int:
-        self.sessions += 1
-        return self.sessions
-
-    def append(self, session: int, token_ids: Sequence[int]) -> None:
-        pass
-
-    def generate(self, sessions: Sequence[int], params: SamplingParams | Sequence[SamplingParams]
-                 ) -> list[Generation]:
-        out = []
-        for p in per_session(params, len(sessions)):
-            ids = self.ids[: p.max_new_tokens]
-            out.append(Generation(ids, (-1.0,) * len(ids), "length" if len(ids) < len(self.ids) else "stop"))
-        return out
-
-    def close(self, session: int) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def chat(tiny_model_dir: Path) -> ChatFormat:
     return ChatFormat(load_model(tiny_model_dir)[1])
-
-
-def play(chat: ChatFormat, text: str, make_env: Any, *, tasks: int = 2, **config: Any):
-    cfg = RunnerConfig(**{"max_turns": 3, "max_concurrent": 4, **config})
-    return Runner(Scripted(chat, text), chat, cfg).run(
-        make_env, [Task(seed, f"g{seed}") for seed in range(tasks)], seed=0
-    )
 
 
 class Talker(ToolEnv):

@@ -4,11 +4,11 @@ environments (docs/reliability.md): each test here failed before its fix."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from scripted import play
 
 from agentrl import registry
 from agentrl.chat import ChatFormat
@@ -17,8 +17,7 @@ from agentrl.env import StepResult, ToolEnv
 from agentrl.metrics import read_metrics
 from agentrl.models import load_model
 from agentrl.registry import make
-from agentrl.runner import MAX_ABS_REWARD, Runner, RunnerConfig, Task
-from agentrl.sampling import Generation, SamplingParams
+from agentrl.runner import MAX_ABS_REWARD
 from agentrl.textsafety import REPLACEMENT, encodable, encodable_data, safe_str
 from agentrl.tools import ToolBox, tool
 from agentrl.types import Message, ToolCall
@@ -27,38 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SURROGATE_CALL = '<tool_call>{"name": "\\ud800", "arguments": {}}</tool_call>'  # plain ASCII
 
 
-class Scripted:
-    """A sampler that answers every generate with the same text, tokenised and closed by the stop token."""
-
-    def __init__(self, chat: ChatFormat, text: str) -> None:
-        self.ids = (*chat.encode(text), chat.im_end_id)
-        self.sessions = 0
-
-    def open(self, prompt_ids: Sequence[int]) -> int:
-        self.sessions += 1
-        return self.sessions
-
-    def append(self, session: int, token_ids: Sequence[int]) -> None:
-        pass
-
-    def generate(self, sessions: Sequence[int], params: SamplingParams | Sequence[SamplingParams]
-                 ) -> list[Generation]:
-        return [Generation(self.ids, (-1.0,) * len(self.ids), "stop") for _ in sessions]
-
-    def close(self, session: int) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def chat(tiny_model_dir: Path) -> ChatFormat:
     return ChatFormat(load_model(tiny_model_dir)[1])
-
-
-def play(chat: ChatFormat, text: str, make_env: Any, *, tasks: int = 2, **config: Any):
-    cfg = RunnerConfig(**{"max_turns": 3, "max_concurrent": 4, **config})
-    return Runner(Scripted(chat, text), chat, cfg).run(
-        make_env, [Task(seed, f"g{seed}") for seed in range(tasks)], seed=0
-    )
 
 
 # ---- 1. text that cannot be encoded ---------------------------------------------------------------
