@@ -27,13 +27,11 @@ This module imports no torch.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from agentrl.textsafety import describe_exception
+from agentrl.worker_thread import WorkerThread
 
 T = TypeVar("T")
 
@@ -44,30 +42,6 @@ class EnvTimeout(TimeoutError):
 
 class EnvRaised(RuntimeError):
     """An environment raised ``SystemExit`` or ``KeyboardInterrupt`` inside a call (module docstring)."""
-
-
-@dataclass
-class _Job:
-    fn: Callable[[], Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    value: Any = None
-    exc: BaseException | None = None
-
-
-class _Worker:
-    """A daemon thread running one environment's calls, one at a time."""
-
-    def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="agentrl-env-worker", daemon=True).start()
-
-    def _loop(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            try:
-                job.value = job.fn()
-            except BaseException as e:  # noqa: BLE001 - whatever the env raises is handed to the caller
-                job.exc = e
-            job.done.set()
 
 
 def _reraise(exc: BaseException, what: str) -> None:
@@ -86,7 +60,7 @@ class EnvCalls:
 
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
-        self._workers: dict[int, _Worker] = {}  # id(env) -> its worker; dropped with the env
+        self._workers: dict[int, WorkerThread] = {}  # id(env) -> its worker; dropped with the env
         self.num_timeouts = 0
 
     def call(self, key: object, what: str, fn: Callable[[], T]) -> T:
@@ -100,20 +74,19 @@ class EnvCalls:
                 raise  # unreachable; _reraise always raises
         worker = self._workers.get(id(key)) if key is not None else None
         if worker is None:
-            worker = _Worker()
+            worker = WorkerThread("agentrl-env-worker")
             if key is not None:
                 self._workers[id(key)] = worker
-        job = _Job(fn)
-        worker.jobs.put(job)
-        if not job.done.wait(self.timeout_s):
+        job = worker.run(fn, self.timeout_s)
+        if job is None:
             self.drop(key)  # that thread is stuck with the call; the env is not used again
             if key is None:
-                worker.jobs.put(None)
+                worker.retire()
             self.num_timeouts += 1
             raise EnvTimeout(f"{what} did not return within env_timeout_s={self.timeout_s:g} s and was "
                              "abandoned; the environment is not reused")
         if key is None:
-            worker.jobs.put(None)  # a one-off call (building an env): its thread ends
+            worker.retire()  # a one-off call (building an env): its thread ends
         if job.exc is not None:
             _reraise(job.exc, what)
         return job.value  # type: ignore[no-any-return]
@@ -122,9 +95,9 @@ class EnvCalls:
         """Forget the environment ``key``: its worker thread ends once its current call returns."""
         worker = self._workers.pop(id(key), None)
         if worker is not None:
-            worker.jobs.put(None)
+            worker.retire()
 
     def close(self) -> None:
         """End every worker thread (each once its current call, if any, returns)."""
         for key in list(self._workers):
-            self._workers.pop(key).jobs.put(None)
+            self._workers.pop(key).retire()

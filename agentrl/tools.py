@@ -39,15 +39,14 @@ no limit and no thread. A ToolBox is meant to be driven by one thread at a time.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
-import queue
 import re
-import threading
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agentrl.textsafety import describe_exception, safe_str
@@ -61,6 +60,7 @@ from agentrl.tool_schema import (
     schema_problems,
 )
 from agentrl.types import ToolCall
+from agentrl.worker_thread import WorkerThread
 
 FORMAT_HINT = 'Write <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
 OPEN_TAG, CLOSE_TAG = "<tool_call>", "</tool_call>"
@@ -364,40 +364,6 @@ class ToolResult:
     error: bool = False
 
 
-@dataclass
-class _Job:
-    """One call handed to the worker thread; ``done`` is set once ``value`` or ``exc`` is filled."""
-
-    fn: Callable[..., Any]
-    kwargs: dict[str, Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    value: Any = None
-    exc: BaseException | None = None
-
-
-class _Worker:
-    """A daemon thread running jobs one at a time; a hung job keeps only this thread busy."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="agentrl-tool-worker", daemon=True).start()
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job.value = job.fn(**job.kwargs)
-            except BaseException as e:  # noqa: BLE001 - anything a tool raises is reported, not lost
-                job.exc = e
-            job.done.set()
-
-    def submit(self, job: _Job) -> None:
-        self._jobs.put(job)
-
-    def retire(self) -> None:
-        """Let the thread exit once its current (abandoned) job returns, if it ever does."""
-        self._jobs.put(None)
-
-
 def render_output(value: Any, max_chars: int) -> str:
     """A tool's return value as text: str as is, else ``json.dumps`` (``str`` as a fallback), truncated."""
     if isinstance(value, str):
@@ -431,7 +397,7 @@ class ToolBox:
         if dupes:
             raise ValueError(f"tools: duplicate tool names {dupes}")
         self.tools: dict[str, Tool] = {t.name: t for t in built}
-        self._worker: _Worker | None = None
+        self._worker: WorkerThread | None = None
         self.num_timeouts = 0
 
     def call(self, call: ToolCall) -> ToolResult:
@@ -460,10 +426,9 @@ class ToolBox:
 
     def _call_with_limit(self, t: Tool, kwargs: dict[str, Any]) -> ToolResult:
         if self._worker is None:
-            self._worker = _Worker()
-        job = _Job(t.fn, kwargs)
-        self._worker.submit(job)
-        if not job.done.wait(t.timeout_s):
+            self._worker = WorkerThread("agentrl-tool-worker")
+        job = self._worker.run(functools.partial(t.fn, **kwargs), t.timeout_s)
+        if job is None:
             self._worker.retire()  # the hung call keeps that thread; the next call gets a fresh one
             self._worker = None
             self.num_timeouts += 1
