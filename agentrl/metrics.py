@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from agentrl.runner import TRUNCATION_REASONS
+from agentrl.run_result import TRUNCATION_REASONS
 from agentrl.types import Episode
 
 METRICS_FILE = "metrics.jsonl"

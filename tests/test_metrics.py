@@ -19,7 +19,7 @@ from agentrl.metrics import (
     read_metrics,
     rollout_metrics,
 )
-from agentrl.runner import TRUNCATION_REASONS, Failure, Task, run_metrics
+from agentrl.run_result import TRUNCATION_REASONS, Failure, Task, run_metrics
 from agentrl.types import Episode, SubTrace
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
