@@ -22,24 +22,23 @@ at the bottom of the import graph with ``types`` (docs/design.md section 3) and 
   which ``load_config`` reads back to an equal config: a run writes it into its directory
   (``save_config``).
 
-Departure from plain PyYAML: PyYAML follows YAML 1.1, where ``1e-6`` (no dot) is a string. The loader
-here reads it as a float, as YAML 1.2 does, so ``actor_lr: 1e-6`` means what it says. A key given twice
-in one mapping is an error rather than silently the last one.
+The type checks live in ``agentrl.config_fields`` and the YAML reading (a float ``1e-6`` without a dot,
+no key given twice) in ``agentrl.config_yaml``; every field and its default is here.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
+
+from agentrl.config_fields import ConfigError, Section, checked, from_mapping, require
+from agentrl.config_yaml import apply_override, read_config_file
 
 if typing.TYPE_CHECKING:
     from agentrl.compaction import CompactionConfig
@@ -65,135 +64,6 @@ T = TypeVar("T")
 MAX_EPISODES_PER_ITERATION = 1_000_000
 
 
-class ConfigError(ValueError):
-    """A bad config value, key, override or file. The message is one line and starts with what is at
-    fault: a dotted field path, ``unknown key``, ``--set`` or ``config``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(re.sub(r"\s*\n\s*", " ", str(message)).strip())
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checking and coercing one value against its field's type.
-
-
-def _show(value: Any) -> str:
-    """A value as the message shows it: YAML words for None and bools, a short repr otherwise."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _describe(tp: Any) -> str:
-    """What a value of type ``tp`` looks like, for messages: ``a number or null``."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in get_args(tp))
-    if origin is Literal:
-        choices = ", ".join(repr(a) for a in get_args(tp))
-        return choices if len(get_args(tp)) == 1 else f"one of {choices}"
-    if origin is tuple:
-        return f"a list of {len(get_args(tp))} numbers"
-    if origin is dict or is_dataclass(tp):
-        return "a mapping"
-    words = {type(None): "null", bool: "true or false", int: "an int", str: "a string"}
-    return words.get(tp, "a finite number")  # float
-
-
-def _try(value: Any, tp: Any, path: str) -> tuple[bool, Any]:
-    """``(True, value as tp)`` or ``(False, None)``; a mapping for a section builds it (its own errors)."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in get_args(tp):
-            ok, out = _try(value, arg, path)
-            if ok:
-                return True, out
-        return False, None
-    if origin is Literal:
-        return isinstance(value, str) and value in get_args(tp), value
-    if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            return False, None
-        items = [_try(v, a, path) for v, a in zip(value, args, strict=True)]
-        return all(ok for ok, _ in items), tuple(out for _, out in items)
-    if origin is dict:
-        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
-        return ok, dict(value) if ok else None
-    if is_dataclass(tp):
-        if isinstance(value, tp):
-            return True, value
-        if value is None or isinstance(value, Mapping):  # an empty YAML section is None
-            return True, _from_mapping(tp, value or {}, path)
-        return False, None
-    if tp is type(None):
-        return value is None, None
-    if tp is bool:
-        return isinstance(value, bool), value
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if tp is int:
-        return number and isinstance(value, int), value
-    if tp is float:
-        return number and math.isfinite(value), float(value) if number else None
-    if tp is str:  # a name like 2024 reads as an int in YAML; take it as the text it was
-        return isinstance(value, str) or number, value if isinstance(value, str) else str(value)
-    raise TypeError(f"config: unsupported field type {tp!r}")
-
-
-def _require(ok: bool, path: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{path}: expected {expected}, got {_show(value)}")
-
-
-def _checked(prefix: str, build: Callable[[], T]) -> T:
-    """``build()``, with a ValueError's message (which starts with a field name) put under ``prefix``."""
-    try:
-        return build()
-    except ValueError as e:
-        raise ConfigError(f"{prefix}.{e}") from None
-
-
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def _from_mapping(cls: type[T], data: Mapping[Any, Any], path: str) -> T:
-    """Build section ``cls`` from ``data``, refusing keys it does not have."""
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    for key in data:
-        if key not in names:
-            dotted = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key {dotted!r} (known: {', '.join(names)})")
-    return cls(**data)
-
-
-class _Section:
-    """Checks on construction: each field's type (coercing int to float, list to tuple), then
-    ``_validate``. ``SECTION`` is the section's dotted path, which starts every message."""
-
-    SECTION: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            ok, out = _try(value, hints[f.name], self._path(f.name))
-            _require(ok, self._path(f.name), _describe(hints[f.name]), value)
-            object.__setattr__(self, f.name, out)  # frozen: the coerced value replaces the given one
-        self._validate()
-
-    def _path(self, name: str) -> str:
-        return f"{self.SECTION}.{name}" if self.SECTION else name
-
-    def _check(self, name: str, ok: bool, expected: str) -> None:
-        _require(ok, self._path(name), expected, getattr(self, name))
-
-    def _validate(self) -> None:
-        pass
-
-
 def _check_policy_fields(s: PPOSection | GRPOSection) -> None:
     """The clipped-surrogate, KL and aggregation fields PPO and GRPO share (ranges of agentrl.losses)."""
     s._check("epochs", s.epochs >= 1, "an int >= 1")
@@ -212,7 +82,7 @@ def _check_policy_fields(s: PPOSection | GRPOSection) -> None:
 
 
 @dataclass(frozen=True)
-class RunSection(_Section):
+class RunSection(Section):
     """The run's name, seed, length, checkpoints and directory.
 
     Attributes:
@@ -265,7 +135,7 @@ class RunSection(_Section):
 
 
 @dataclass(frozen=True)
-class ModelSection(_Section):
+class ModelSection(Section):
     """The policy (and the critic and reference built from it).
 
     Attributes:
@@ -293,7 +163,7 @@ class ModelSection(_Section):
 
 
 @dataclass(frozen=True)
-class EnvSection(_Section):
+class EnvSection(Section):
     """The environment the tasks come from.
 
     Attributes:
@@ -312,7 +182,7 @@ class EnvSection(_Section):
 
 
 @dataclass(frozen=True)
-class CompactionSection(_Section):
+class CompactionSection(Section):
     """How an episode that outgrows its context window goes on (``agentrl.compaction``).
 
     Attributes:
@@ -331,7 +201,7 @@ class CompactionSection(_Section):
     summary_request: str | None = None
 
     def _validate(self) -> None:
-        _checked(self.SECTION, self.to_compaction_config)
+        checked(self.SECTION, self.to_compaction_config)
 
     def to_compaction_config(self) -> CompactionConfig:
         """The runner's ``agentrl.compaction.CompactionConfig`` of this section."""
@@ -347,7 +217,7 @@ class CompactionSection(_Section):
 
 
 @dataclass(frozen=True)
-class VLLMSection(_Section):
+class VLLMSection(Section):
     """How the vLLM engine starts when ``rollout.backend`` is ``vllm`` (``agentrl.vllm_sampler``).
 
     Attributes:
@@ -376,7 +246,7 @@ class VLLMSection(_Section):
 
 
 @dataclass(frozen=True)
-class RolloutSection(_Section):
+class RolloutSection(Section):
     """What one iteration samples, and the runner's budgets (``agentrl.runner``, docs/runner.md).
 
     Attributes:
@@ -432,7 +302,7 @@ class RolloutSection(_Section):
         # every episode of an iteration is a task in memory before the first one runs
         self._check("tasks_per_iteration", self.episodes_per_iteration <= MAX_EPISODES_PER_ITERATION,
                     f"at most {MAX_EPISODES_PER_ITERATION:,} episodes per iteration (times group_size)")
-        _checked(self.SECTION, self.to_runner_config)  # the runner's own budget rules, one source
+        checked(self.SECTION, self.to_runner_config)  # the runner's own budget rules, one source
         longest = self.vllm.max_model_len
         if self.backend == "vllm" and longest is not None and longest < self.context_budget:
             raise ConfigError(f"rollout.vllm.max_model_len: expected at least rollout.context_budget "
@@ -464,7 +334,7 @@ class RolloutSection(_Section):
 
 
 @dataclass(frozen=True)
-class PPOSection(_Section):
+class PPOSection(Section):
     """PPO with a critic: episode-level skip-observation GAE and a token-level loss (docs/algorithms.md).
 
     Attributes:
@@ -554,7 +424,7 @@ class PPOSection(_Section):
 
 
 @dataclass(frozen=True)
-class GRPOSection(_Section):
+class GRPOSection(Section):
     """GRPO: group-normalised episode rewards broadcast to every policy token, no critic.
 
     Attributes:
@@ -607,7 +477,7 @@ class GRPOSection(_Section):
 
 
 @dataclass(frozen=True)
-class OptimSection(_Section):
+class OptimSection(Section):
     """The optimisers (AdamW) and the micro-batch size.
 
     Attributes:
@@ -647,7 +517,7 @@ class OptimSection(_Section):
 
 
 @dataclass(frozen=True)
-class DistributedSection(_Section):
+class DistributedSection(Section):
     """Where a run's work is placed (docs/distributed.md); the defaults are one process, without Ray.
 
     Attributes:
@@ -701,7 +571,7 @@ class DistributedSection(_Section):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Everything ``agentrl train`` needs; one section per concern.
 
     Attributes:
@@ -729,21 +599,21 @@ class TrainConfig(_Section):
     def _validate(self) -> None:
         rollout, algo = self.rollout, self.algorithm_section
         if self.algorithm == "grpo":
-            _require(rollout.group_size >= 2, "rollout.group_size",
+            require(rollout.group_size >= 2, "rollout.group_size",
                      "an int >= 2 with algorithm grpo (it compares the episodes of one task)",
                      rollout.group_size)
         episodes = rollout.episodes_per_iteration
-        _require(algo.minibatches <= episodes, f"{self.algorithm}.minibatches",
+        require(algo.minibatches <= episodes, f"{self.algorithm}.minibatches",
                  f"at most the {episodes} episodes per iteration (rollout.tasks_per_iteration * "
                  "rollout.group_size)", algo.minibatches)
-        _require(self.optim.micro_batch_tokens >= rollout.context_budget, "optim.micro_batch_tokens",
+        require(self.optim.micro_batch_tokens >= rollout.context_budget, "optim.micro_batch_tokens",
                  f"at least rollout.context_budget = {rollout.context_budget} (a micro-batch holds whole "
                  "sub-traces)", self.optim.micro_batch_tokens)
         dist = self.distributed
-        _require(dist.shards <= rollout.tasks_per_iteration, "distributed.rollout_shards",
+        require(dist.shards <= rollout.tasks_per_iteration, "distributed.rollout_shards",
                  f"at most rollout.tasks_per_iteration = {rollout.tasks_per_iteration} (a shard holds "
                  "whole tasks)", dist.shards)
-        _require(dist.backend == "gloo" or self.model.device != "cpu", "distributed.backend",
+        require(dist.backend == "gloo" or self.model.device != "cpu", "distributed.backend",
                  "gloo with model.device cpu (nccl needs GPUs)", dist.backend)
 
     @property
@@ -777,73 +647,7 @@ class TrainConfig(_Section):
 
 
 # ----------------------------------------------------------------------------------------------------
-# YAML in and out.
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-6``), and no duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may be overridden below it
-                continue
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            if isinstance(key, typing.Hashable) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _parse_yaml(text: str, what: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what}: invalid YAML: {e}") from None
-
-
-def _read_file(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config: no such file {str(p)!r}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config: cannot read {str(p)!r}: {e}") from None
-    data = _parse_yaml(text, f"config {str(p)!r}")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {str(p)!r}: expected a mapping of sections, got {_show(data)}")
-    return data
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Apply one ``--set a.b=value`` to the raw mapping ``data``; the value is read as one YAML value."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    parts = key.split(".")
-    if not sep or not all(parts):
-        raise ConfigError(f"--set: expected section.key=value (ppo.gamma=0.99), got {item!r}")
-    value = _parse_yaml(raw, f"--set {key}")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])}: expected a mapping, got {_show(child)}")
-        node = child
-    node[parts[-1]] = value
+# YAML in and out (the raw mapping: agentrl.config_yaml).
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -851,7 +655,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
     the config. An override of ``env.name`` to another environment drops the ``env.options`` given
     before it (they were that environment's). Raises ``ConfigError`` (a ValueError, one line) on a
     missing file, bad YAML, an unknown key or a bad value."""
-    data = _read_file(path) if path is not None else {}
+    data = read_config_file(path) if path is not None else {}
     for item in overrides:
         before = _env_name(data)
         apply_override(data, item)
@@ -859,7 +663,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
             # options belong to the environment they were written for: graph_nav's size=small is no
             # option of another one; env.options.* given after the new name still apply
             data["env"].pop("options", None)
-    return _from_mapping(TrainConfig, data, "")
+    return from_mapping(TrainConfig, data, "")
 
 
 def _env_name(data: Mapping[str, Any]) -> Any:
