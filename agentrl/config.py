@@ -492,7 +492,7 @@ class OptimSection(Section):
             ``rollout.context_budget``, so a sub-trace always fits.
         shared_prefix: read a micro-batch's common prefix (the system prompt and tool schemas, a group's
             task) once, not once per row, when it is at least this many tokens; 0: never. Exact up to
-            float rounding (``agentrl.batch.shared_prefix_forward``); needs a Hugging Face model.
+            float rounding (``agentrl.forward.shared_prefix_forward``); needs a Hugging Face model.
     """
 
     SECTION: ClassVar[str] = "optim"

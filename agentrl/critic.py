@@ -12,7 +12,7 @@
   term is on (``TrainConfig.needs_reference``).
 
 Alignment (``agentrl.batch.ValueModel``): ``values[:, s]`` is the value of the state after reading
-tokens 0..s, the head applied to the backbone's last hidden state at s; ``batch.critic_values`` shifts
+tokens 0..s, the head applied to the backbone's last hidden state at s; ``forward.critic_values`` shifts
 it so that the value for token t is read at s = t - 1.
 
 Choices that affect results:
@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedModel
 
-from agentrl.batch import shared_prefix_forward
+from agentrl.forward import shared_prefix_forward
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -94,7 +94,7 @@ class ValueModel(torch.nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, shared_prefix: int = 0
     ) -> torch.Tensor:
-        """(B, T) values; ``shared_prefix`` as in ``agentrl.batch.shared_prefix_forward``'s ``min_prefix``."""
+        """(B, T) values; ``shared_prefix`` as in ``agentrl.forward.shared_prefix_forward``'s ``min_prefix``."""
         (hidden,) = shared_prefix_forward(self.backbone, input_ids, attention_mask, min_prefix=shared_prefix,
                                           outputs=lambda out: (_last_hidden(out),))
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, T)
@@ -195,7 +195,7 @@ class SharedValueHead(torch.nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, shared_prefix: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (B, T, V), values (B, T))`` from one forward pass of the policy (``shared_prefix``
-        as in ``agentrl.batch.shared_prefix_forward``'s ``min_prefix``)."""
+        as in ``agentrl.forward.shared_prefix_forward``'s ``min_prefix``)."""
         logits, hidden = shared_prefix_forward(
             self.policy, input_ids, attention_mask, min_prefix=shared_prefix,
             outputs=lambda out: (out.logits, out.hidden_states[-1]), output_hidden_states=True,

@@ -11,7 +11,7 @@ What the train loop calls, in order, each iteration (``step`` does exactly this)
 
 PPO and GRPO differ only in ``prepare`` (where the advantages come from, docs/design.md sections 6 and 7):
 
-- PPO: the critic's values of every row (``batch.evaluate_values``); skip-observation GAE over whole
+- PPO: the critic's values of every row (``forward.evaluate_values``); skip-observation GAE over whole
   episodes (``advantages.episode_gae``) twice, with decoupled lambdas: advantages with ``ppo.actor_lam``
   (a number, or ``adaptive``: ``length_adaptive_lambda`` of each episode's policy tokens), returns (the
   critic's targets) with ``ppo.critic_lam``; optional whitening over the batch's policy tokens.
@@ -69,14 +69,9 @@ from agentrl.batch import (
     Batch,
     Row,
     collate,
-    critic_values,
     episode_policy_tokens,
-    evaluate_end_values,
-    evaluate_logprobs,
-    evaluate_values,
     pack,
     padding_fraction,
-    policy_logprobs,
     policy_row_count,
     policy_token_count,
     rows_from_episodes,
@@ -87,6 +82,13 @@ from agentrl.config import OptimSection, TrainConfig
 from agentrl.critic import SharedValueHead
 from agentrl.data_parallel import SINGLE, DataParallel
 from agentrl.diagnostics import explained_variance
+from agentrl.forward import (
+    critic_values,
+    evaluate_end_values,
+    evaluate_logprobs,
+    evaluate_values,
+    policy_logprobs,
+)
 from agentrl.losses import aggregate, kl, policy_loss, tis_weights, value_loss
 from agentrl.metrics import ROLLOUT_LOGPROB_MISMATCH_MAX, ROLLOUT_LOGPROB_MISMATCH_MEAN
 from agentrl.types import Episode

@@ -56,8 +56,9 @@ from typing import Any
 
 import torch
 
-from agentrl.batch import Row, collate, pack, policy_logprobs, policy_token_count, rows_from_episodes
+from agentrl.batch import Row, collate, pack, policy_token_count, rows_from_episodes
 from agentrl.chat import ChatFormat
+from agentrl.forward import policy_logprobs
 from agentrl.losses import aggregate
 from agentrl.models import init_model, load_model
 from agentrl.registry import make
@@ -77,7 +78,7 @@ DEFAULT_EPISODES = 32
 DEFAULT_EPOCHS = 8
 DEFAULT_LR = 3e-3
 # A micro-batch's common prefix (an environment's system prompt and tools) is read once when it has at
-# least this many tokens (agentrl.batch.shared_prefix_forward), as optim.shared_prefix's default does.
+# least this many tokens (agentrl.forward.shared_prefix_forward), as optim.shared_prefix's default does.
 SHARED_PREFIX = 16
 
 

@@ -17,21 +17,23 @@ from agentrl.batch import (
     MicroBatch,
     Row,
     collate,
+    pack,
+    padding_fraction,
+    policy_row_count,
+    policy_token_count,
+    rows_from_episodes,
+    set_fields,
+    unpad,
+    update_rows,
+)
+from agentrl.forward import (
     common_prefix_length,
     critic_values,
     evaluate_logprobs,
     evaluate_values,
-    pack,
-    padding_fraction,
     policy_logprobs,
-    policy_row_count,
-    policy_token_count,
     prefix_groups,
-    rows_from_episodes,
-    set_fields,
     shared_prefix_forward,
-    unpad,
-    update_rows,
 )
 from agentrl.losses import aggregate, policy_loss, value_loss
 from agentrl.types import Episode, SubTrace

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, Qwen2Config, Qwen2ForCausalLM
 
-from agentrl.batch import Row, collate, critic_values
+from agentrl.batch import Row, collate
 from agentrl.critic import (
     VALUE_HEAD_FILE,
     SharedValueHead,
@@ -17,6 +17,7 @@ from agentrl.critic import (
     reference_from_policy,
     save_critic,
 )
+from agentrl.forward import critic_values
 
 VOCAB = 64
 

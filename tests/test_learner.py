@@ -15,7 +15,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import agentrl.learner as learner_module
 from agentrl.advantages import single_episode_gae
-from agentrl.batch import Row, collate, evaluate_logprobs, rows_from_episodes
+from agentrl.batch import Row, collate, rows_from_episodes
 from agentrl.config import (
     CompactionSection,
     GRPOSection,
@@ -25,6 +25,7 @@ from agentrl.config import (
     TrainConfig,
 )
 from agentrl.critic import SharedValueHead, critic_from_policy, reference_from_policy
+from agentrl.forward import evaluate_logprobs
 from agentrl.learner import Learner, batch_metrics
 from agentrl.types import Episode, SubTrace
 
