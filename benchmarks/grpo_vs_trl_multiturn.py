@@ -69,13 +69,13 @@ from agentrl.compaction import CompactionConfig
 from agentrl.config import load_config
 from agentrl.env import StepResult
 from agentrl.models import init_model, load_model
-from agentrl.registry import make, register
+from agentrl.registry import make
 from agentrl.runner import RunnerConfig
 from agentrl.tools import parse_tool_calls
 from agentrl.train import tasks_for
 
 PROMPTS, GENERATIONS, MAX_ACTION, TURNS, BETA, LR = 4, 8, 48, 4, 0.04, 1e-5
-ENV = "graph_nav_trl_like"
+ENV = "grpo_vs_trl_multiturn:TRLLikeNav"  # an import path: nothing is added to the registry
 ENV_OPTIONS = {"size": "small", "numbered": True}
 CONTEXT = 2048
 
@@ -222,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=12, help="epochs of the warm start")
     args = p.parse_args(argv)
     set_clock(p, args)
-    register(ENV, TRLLikeNav, description="graph_nav as TRL's tool loop plays it (benchmark)")
     total = args.warmup + args.steps * args.rounds
     from transformers import AutoTokenizer
     from trl.chat_template_utils import qwen3_template
