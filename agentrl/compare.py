@@ -260,14 +260,15 @@ def evaluate(cfg: TrainConfig, policy_dir: Path, episodes: int) -> dict[str, Any
     """The policy in ``policy_dir`` on ``episodes`` held-out tasks (seeds ``10**9 + i``) with ``cfg``'s
     rollout settings; returns the numbers written to ``eval.json``."""
     from agentrl.backends import make_sampler
+    from agentrl.batching import make_runner
     from agentrl.chat import ChatFormat
     from agentrl.registry import make
-    from agentrl.runner import Runner, Task
+    from agentrl.runner import Task
     from agentrl.train import device_for, load_policy
 
     policy, tokenizer = load_policy(policy_dir, cfg, device_for(cfg.model.device))
     sampler = make_sampler(cfg.rollout.backend, policy, policy_dir, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
-    runner = Runner(sampler, ChatFormat(tokenizer), cfg.to_runner_config())
+    runner = make_runner(cfg, sampler, policy, ChatFormat(tokenizer), episodes=episodes)  # rollout.batching
     tasks = [Task(seed=HELDOUT_FIRST_SEED + i, group_id=f"heldout:{i}") for i in range(episodes)]
     result = runner.run(lambda: make(cfg.env.name, **cfg.env.options), tasks, seed=EVAL_SAMPLING_SEED)
     m = result.metrics

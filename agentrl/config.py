@@ -274,6 +274,9 @@ class RolloutSection(Section):
         backend: the sampler: ``torch`` (the policy itself, in this process) or ``vllm`` (a vLLM engine
             that receives the policy's weights after every update; needs vLLM installed).
         vllm: the vLLM engine's settings (used with ``backend: vllm``).
+        batching: ``static`` rounds (every episode in flight samples its turn, then the environments
+            step) or ``continuous`` (a turn leaves the batch when it ends, tools run on a thread pool
+            while the others decode; ``agentrl.continuous``; torch backend, Qwen2 models, in process).
     """
 
     SECTION: ClassVar[str] = "rollout"
@@ -294,8 +297,11 @@ class RolloutSection(Section):
     compaction: CompactionSection = field(default_factory=CompactionSection)
     backend: Literal["torch", "vllm"] = "torch"
     vllm: VLLMSection = field(default_factory=VLLMSection)
+    batching: Literal["static", "continuous"] = "static"
 
     def _validate(self) -> None:
+        self._check("batching", self.batching == "static" or self.backend == "torch",
+                    "static with rollout.backend vllm (continuous batching samples with the torch policy)")
         self._check("tasks_per_iteration", self.tasks_per_iteration >= 1, "an int >= 1")
         self._check("group_size", self.group_size >= 1, "an int >= 1")
         self._check("max_empty_iterations", self.max_empty_iterations >= 1, "an int >= 1")
@@ -615,6 +621,9 @@ class TrainConfig(Section):
                  "whole tasks)", dist.shards)
         require(dist.backend == "gloo" or self.model.device != "cpu", "distributed.backend",
                  "gloo with model.device cpu (nccl needs GPUs)", dist.backend)
+        _require(rollout.batching == "static" or dist.rollout_workers == 0, "rollout.batching",
+                 "static with distributed.rollout_workers >= 1 (continuous batching runs in process)",
+                 rollout.batching)
 
     @property
     def algorithm_section(self) -> PPOSection | GRPOSection:

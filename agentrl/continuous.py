@@ -147,6 +147,7 @@ class ContinuousRunner:
     def __init__(self, sampler: StepSampler, chat: ChatFormat, config: RunnerConfig, *,
                  workers: int | None = None) -> None:
         self.sampler = sampler
+        self.chat = chat
         self.config = config
         self.workers = workers
         self._recorder = _Recorder()

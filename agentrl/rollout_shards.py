@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from agentrl.continuous import ContinuousRunner
 from agentrl.env import Env
 from agentrl.runner import Failure, Runner, RunResult, Task, run_metrics
 
@@ -87,9 +88,10 @@ def merge_results(results: Sequence[RunResult], seconds: float,
 
 
 class InProcessRollout:
-    """The shards played one after another by one runner in this process (``rollout_workers: 0``)."""
+    """The shards played one after another by one runner in this process (``rollout_workers: 0``):
+    static rounds or continuous batching (``agentrl.batching``)."""
 
-    def __init__(self, runner: Runner, make_env: Callable[[], Env], shards: int) -> None:
+    def __init__(self, runner: Runner | ContinuousRunner, make_env: Callable[[], Env], shards: int) -> None:
         self.runner, self.make_env, self.shards = runner, make_env, shards
 
     @property
@@ -98,7 +100,7 @@ class InProcessRollout:
         return self.runner.sampler
 
     def run(self, tasks: Sequence[Task], *, seed: int) -> RunResult:
-        """Every shard in turn with its own seed; one shard is exactly ``Runner.run(tasks, seed)``."""
+        """Every shard in turn with its own seed; one shard is exactly ``runner.run(tasks, seed)``."""
         if self.shards == 1:
             return self.runner.run(self.make_env, tasks, seed=seed)
         start = time.perf_counter()

@@ -19,17 +19,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agentrl.batching import RolloutRunner, runner_on
 from agentrl.config import TrainConfig
 from agentrl.data_parallel import DataParallel
 from agentrl.overlap import OverlappedRollout, PolicyCopy
 from agentrl.registry import make
 from agentrl.rollout import TorchSampler
 from agentrl.rollout_shards import InProcessRollout, Rollout
-from agentrl.runner import Runner, RunResult, Task
+from agentrl.runner import RunResult, Task
+from agentrl.slot_sampler import SlotSampler
 from agentrl.weight_sync import push_weights
 
 
-def make_rollout(cfg: TrainConfig, runner: Runner, model_dir: Path, policy: Any,
+def make_rollout(cfg: TrainConfig, runner: RolloutRunner, model_dir: Path, policy: Any,
                  parallel: DataParallel) -> Rollout | None:
     """Rank 0's rollout for ``cfg.distributed`` (None on the other ranks)."""
     if not parallel.is_main:
@@ -45,9 +47,9 @@ def make_rollout(cfg: TrainConfig, runner: Runner, model_dir: Path, policy: Any,
         return InProcessRollout(runner, lambda: make(env.name, **env.options), d.shards)
     # overlap: the runner samples while the learner updates; a torch sampler then needs its own copy
     target = runner.sampler
-    if isinstance(runner.sampler, TorchSampler):
+    if isinstance(runner.sampler, TorchSampler | SlotSampler):
         target = PolicyCopy(policy)
-        runner = Runner(TorchSampler(target.model), runner.chat, runner.config)
+        runner = runner_on(runner, target.model)
     inner = InProcessRollout(runner, lambda: make(env.name, **env.options), d.shards)
     return OverlappedRollout(inner, target)
 

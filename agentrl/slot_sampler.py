@@ -110,6 +110,7 @@ class SlotSampler:
         self._owner: list[int | None] = [None] * slots
         self._sessions: dict[int, _SlotSession] = {}
         self.num_steps = 0  # decode steps run, for metrics and tests
+        self.decode_path = "lean"  # as TorchSampler's: every step takes the lean one (others are refused)
         self.num_encoded_tokens = 0
 
     @property

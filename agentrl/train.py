@@ -45,6 +45,7 @@ import torch
 
 from agentrl import api
 from agentrl.backends import make_sampler
+from agentrl.batching import RolloutRunner, make_runner
 from agentrl.chat import ChatFormat
 from agentrl.checkpoint import (
     TrainerState,
@@ -107,7 +108,7 @@ class Trainer:
     tokenizer: Any
     critic: Any | None
     learner: Learner
-    runner: Runner
+    runner: RolloutRunner  # static rounds or continuous batching (rollout.batching)
     chat: ChatFormat
     logger: MetricsLogger
     iteration: int  # the last iteration finished
@@ -252,7 +253,8 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     local = parallel.is_main and cfg.distributed.rollout_workers == 0  # else the sampler is never used
     sampler = (make_sampler(cfg.rollout.backend, policy, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
                if local else TorchSampler(policy))
-    runner = Runner(sampler, chat, cfg.to_runner_config())
+    runner = (make_runner(cfg, sampler, policy, chat) if local  # rollout.batching: static or continuous
+              else Runner(sampler, chat, cfg.to_runner_config()))
     if parallel.is_main:
         logger = MetricsLogger(run_dir, total_iterations=total_iterations(cfg), progress=progress,
                                resume_from_iteration=iteration if resume else None, label=cfg.run.name,

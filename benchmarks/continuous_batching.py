@@ -9,8 +9,8 @@ Two figures:
   environment step sleeps ``--tool-ms`` (the time of a real tool call; sleeping leaves the CPU to the
   sampler, as a subprocess or a remote call does) and a reply without a tool call gets a nudge back, so
   every episode runs ``--turns`` turns. Actions have uneven lengths: the model's stop token
-  (``<|im_end|>``) has its embedding row scaled by ``--stop-scale`` (tied embeddings: its logit grows
-  with it), so a sampled action stops after a few to ``max_response_tokens`` tokens. Temperature 1.
+  (``<|im_end|>``) has its embedding row centred and scaled by ``--stop-scale`` (``uneven_stops``), so
+  a sampled action stops after a few to ``max_response_tokens`` tokens. Temperature 1.
   ``static``: ``Runner.run`` over ``TorchSampler`` (every round waits for its longest action, then the
   environments step one after the other); ``continuous``: ``ContinuousRunner`` over ``SlotSampler``.
   Reported: sampled tokens per wall-clock second of each, and the ratio continuous/static (target
@@ -149,6 +149,30 @@ def growth_figure(model: torch.nn.Module, chat: ChatFormat, args: argparse.Names
     return lines
 
 
+def uneven_stops(model: torch.nn.Module, chat: ChatFormat, scale: float) -> None:
+    """Make sampled actions stop after a few to ``max_response_tokens`` tokens: the stop token's
+    embedding row (tied: its output row) loses its component along the mean final hidden state of the
+    positions of a sampled action (32 tokens after a graph_nav prompt, temperature 1, seed 0), then is
+    scaled by ``scale``. Its logit then varies around 0 from one action position to the next, on either
+    default model. Scaling the row alone works only where that logit's sign already varies: on the
+    small model it is negative at every action position, so a larger row made stopping rarer and every
+    action ran to the limit. (The prompt's positions would not do: their mean hidden state differs.)"""
+    env = SlowNudged(size="small")
+    text, _ = env.reset(seed=0)
+    ids = chat.prompt_ids(env.system_prompt, [t.schema() for t in env.tools], text)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(32):  # no cache: a few seconds at most, once
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            ids.append(int(torch.multinomial(logits.softmax(-1), 1, generator=generator)))
+        # the inner model's output is after the final norm: what the output rows meet
+        hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -33:-1]
+        mean = hidden.mean(0)
+        row = model.get_input_embeddings().weight[chat.im_end_id]
+        row -= (row @ mean) / (mean @ mean) * mean
+        row *= scale
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="tiny", choices=["tiny", "small"])
@@ -174,8 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.figure in ("growth", "both"):
             lines += growth_figure(model, chat, args)
         if args.figure in ("tools", "both"):
-            with torch.no_grad():
-                model.get_input_embeddings().weight[chat.im_end_id] *= args.stop_scale
+            uneven_stops(model, chat, args.stop_scale)
             lines += tools_figure(model, chat, args)
     print("\n".join(lines))
     return 0

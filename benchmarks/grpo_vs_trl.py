@@ -74,24 +74,15 @@ def agentrl_config(model_dir: Path, run_dir: Path, iterations: int) -> Any:
 
 
 class AgentrlSide:
-    """agentrl's trainer; ``step()`` runs one iteration and returns its seconds (and phase seconds)."""
+    """agentrl's trainer on ``cfg``; ``step()`` runs one iteration and returns its seconds (and phase
+    seconds)."""
 
-    def __init__(self, model_dir: Path, work: Path, iterations: int) -> None:
-        self.cfg = agentrl_config(model_dir, work / "agentrl_run", iterations)
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
         self.trainer = build(self.cfg, resume=False, progress=False)
         self.iteration = 0
-        self.completion_tokens: list[float] = []
-
-    def prompts(self, iterations: int) -> list[tuple[str, int]]:
-        """(rendered prompt, expected result) of each task, in the order agentrl plays them."""
-        chat, out = self.trainer.chat, []
-        for it in range(1, iterations + 1):
-            for task in tasks_for(self.cfg, it)[::GENERATIONS]:
-                env = make("arithmetic", **ENV_OPTIONS)
-                text, _ = env.reset(seed=task.seed)
-                ids = chat.prompt_ids(env.system_prompt, [], text)
-                out.append((chat.decode(ids), int(env.expert_action())))
-        return out
+        self.completion_tokens: list[float] = []  # policy tokens per episode, by step
+        self.turns: list[float] = []  # actions per episode, by step
 
     def step(self) -> tuple[float, dict[str, float]]:
         self.iteration += 1
@@ -99,21 +90,42 @@ class AgentrlSide:
         metrics = run_iteration(self.trainer, self.iteration)
         seconds = CLOCK[0]() - start
         self.completion_tokens.append(metrics["rollout/policy_tokens"] / metrics["rollout/episodes"])
+        self.turns.append(metrics["rollout/turns_mean"])
         prefix = "perf/seconds_"
         phases = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
         return seconds, phases
 
 
-class TRLSide:
-    """TRL's GRPOTrainer on the same prompts; ``steps(n)`` runs n optimiser steps and returns their times."""
+def arithmetic_prompts(side: AgentrlSide, iterations: int) -> list[tuple[str, int]]:
+    """(rendered prompt, expected result) of each task, in the order agentrl plays them."""
+    chat, out = side.trainer.chat, []
+    for it in range(1, iterations + 1):
+        for task in tasks_for(side.cfg, it)[::GENERATIONS]:
+            env = make("arithmetic", **ENV_OPTIONS)
+            text, _ = env.reset(seed=task.seed)
+            ids = chat.prompt_ids(env.system_prompt, [], text)
+            out.append((chat.decode(ids), int(env.expert_action())))
+    return out
 
-    def __init__(self, model_dir: Path, work: Path, prompts: list[tuple[str, int]]) -> None:
+
+def arithmetic_reward(prompts: list[str], completions: list[str], answer: list[int], **_: Any) -> list[float]:
+    """TRL's reward function: 1 when the reply's last integer is the result."""
+    return [float(last_integer(c) == a) for c, a in zip(completions, answer, strict=True)]
+
+
+class TRLSide:
+    """TRL's GRPOTrainer on the same prompts (dataset ``rows``); ``steps(n)`` runs n optimiser steps and
+    returns their times. ``settings`` override the GRPOConfig below; ``trainer_kwargs`` go to
+    ``GRPOTrainer`` (``environment_factory``, for instance); ``tokenizer`` replaces the model's own."""
+
+    def __init__(self, model_dir: Path, work: Path, rows: list[dict[str, Any]], reward: Any | None, *,
+                 settings: dict[str, Any] | None = None, tokenizer: Any | None = None,
+                 **trainer_kwargs: Any) -> None:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        rows = [{"prompt": p, "answer": a} for p, a in prompts]
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
         self.dataset = Dataset.from_list(rows)
         self.step_seconds: list[float] = []
         self.phases: list[dict[str, float]] = []
@@ -133,10 +145,7 @@ class TRLSide:
                 known = sum(phases.values())
                 side.phases.append(phases | {"backward+optimiser": seconds - known})
 
-        def reward(prompts: list[str], completions: list[str], answer: list[int], **_: Any) -> list[float]:
-            return [float(last_integer(c) == a) for c, a in zip(completions, answer, strict=True)]
-
-        self.args = GRPOConfig(
+        self.args = GRPOConfig(**{**dict(
             output_dir=str(work / "trl_run"), use_cpu=True, bf16=False, report_to=[], save_strategy="no",
             logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False,
             per_device_train_batch_size=PROMPTS * GENERATIONS, num_generations=GENERATIONS,
@@ -149,11 +158,11 @@ class TRLSide:
             # every layer's forward in the backward); agentrl does not checkpoint, so the same work is off
             gradient_checkpointing=False,
             seed=0, max_steps=1,
-        )
+        ), **(settings or {})})
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.trainer = GRPOTrainer(model=model, reward_funcs=reward, args=self.args,
                                    train_dataset=self.dataset, processing_class=self.tokenizer,
-                                   callbacks=[Timer()])
+                                   callbacks=[Timer()], **trainer_kwargs)
         self._instrument()
 
     def _instrument(self) -> None:
@@ -174,6 +183,8 @@ class TRLSide:
         def score_and_count(*a: Any, **k: Any) -> Any:
             out = score(*a, **k)
             mask = out["completion_mask"]
+            if out.get("tool_mask") is not None:  # multi-turn: tool results are in the completion, masked
+                mask = mask * out["tool_mask"]
             self.completion_tokens.append(float(mask.sum()) / mask.shape[0])
             return out
 
@@ -210,8 +221,9 @@ def spread(ours: Sequence[Sequence[float]], theirs: Sequence[Sequence[float]]) -
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options both TRL comparisons take."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--steps", type=int, default=4, help="timed steps per block")
     p.add_argument("--rounds", type=int, default=6,
                    help="blocks per side, alternating (the order flips each round)")
@@ -220,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of each side first")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--profile", action="store_true", help="print each side's phases")
-    args = p.parse_args(argv)
+    return p
+
+
+def set_clock(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Time on ``--clock`` (agentrl's phase timer too) with ``--threads`` torch threads."""
     if args.clock == "cpu" and args.threads != 1:
         p.error("--clock cpu: measures the calling thread only, so it needs --threads 1")
     CLOCK[0] = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -229,58 +245,85 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     import transformers
-    import trl
 
     transformers.logging.set_verbosity_error()
+
+
+def alternate(ours: AgentrlSide, theirs: TRLSide, args: argparse.Namespace
+              ) -> tuple[list[list[float]], list[list[float]], list[dict[str, float]], int]:
+    """Warm-up steps of each side, then ``--rounds`` blocks of ``--steps`` steps each, alternating (the
+    order flips every round). Returns agentrl's blocks, TRL's blocks, agentrl's phases, and the number
+    of TRL's warm-up steps (its phases after them are the timed ones)."""
+    for _ in range(args.warmup):
+        ours.step()
+    theirs.steps(args.warmup)
+    warm_trl = len(theirs.step_seconds)
+    ours_blocks: list[list[float]] = []
+    trl_blocks: list[list[float]] = []
+    ours_phases = []
+    for r in range(args.rounds):
+        order = ("agentrl", "trl") if r % 2 == 0 else ("trl", "agentrl")
+        for side in order:
+            if side == "agentrl":
+                ours_blocks.append([])
+                for _ in range(args.steps):
+                    s, ph = ours.step()
+                    ours_blocks[-1].append(s)
+                    ours_phases.append(ph)
+            else:
+                trl_blocks.append(theirs.steps(args.steps))
+    return ours_blocks, trl_blocks, ours_phases, warm_trl
+
+
+def report(title: str, ours: AgentrlSide, theirs: TRLSide, measured: Any, args: argparse.Namespace, *,
+           turns: Sequence[float] | None = None) -> None:
+    """Print the step times of both sides, the phases (``--profile``), the spread and the ratio;
+    ``turns``: TRL's actions per episode, by step (multi-turn), printed beside agentrl's."""
+    import transformers
+    import trl
+
+    ours_blocks, trl_blocks, ours_phases, warm_trl = measured
+    ours_times = [t for block in ours_blocks for t in block]
+    trl_times = [t for block in trl_blocks for t in block]
+    a, b = statistics.median(ours_times), statistics.median(trl_times)
+    print(f"{title}, CPU, {args.threads} thread(s), {args.clock} time; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, trl {trl.__version__}")
+    extra = f"{'actions/episode':>17}" if turns is not None else ""
+    print(f"{'side':<10}{'steps':>7}{'median s/step':>15}{'min':>9}{'max':>9}{'completion tokens':>19}"
+          + extra)
+    for name, times, tokens, side_turns in (("agentrl", ours_times, ours.completion_tokens, ours.turns),
+                                            ("TRL", trl_times, theirs.completion_tokens, turns)):
+        cells = f"{statistics.mean(side_turns):>17.2f}" if turns is not None and side_turns else ""
+        print(f"{name:<10}{len(times):>7}{statistics.median(times):>15.4f}{min(times):>9.4f}{max(times):>9.4f}"
+              f"{statistics.mean(tokens):>19.1f}{cells}")
+    if args.profile:
+        print("\n".join(phase_table("agentrl", ours_phases)))
+        print("\n".join(phase_table("TRL", theirs.phases[warm_trl:])))
+    print("\n".join(spread(ours_blocks, trl_blocks)))
+    print(f"ratio agentrl/TRL: {a / b:.2f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser(__doc__.split("\n\n")[0])
+    args = p.parse_args(argv)
+    set_clock(p, args)
     total = args.warmup + args.steps * args.rounds
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = init_model(work / "model", size="tiny", seed=0)
-        ours = AgentrlSide(model_dir, work, total)
-        prompts = ours.prompts(total + 1)
-        theirs = TRLSide(model_dir, work, prompts)
+        ours = AgentrlSide(agentrl_config(model_dir, work / "agentrl_run", total))
+        prompts = arithmetic_prompts(ours, total + 1)
+        theirs = TRLSide(model_dir, work, [{"prompt": p, "answer": a} for p, a in prompts], arithmetic_reward)
         # the same prompt ids on both sides
         chat = ChatFormat(load_model(model_dir)[1])
         for text, _ in prompts[:PROMPTS]:
             got = theirs.tokenizer(text=text, add_special_tokens=False)["input_ids"]
             if got != chat.encode(text):
                 raise SystemExit("TRL's prompt ids differ from agentrl's; the comparison would not be fair")
-
-        for _ in range(args.warmup):
-            ours.step()
-        theirs.steps(args.warmup)
-        warm_trl = len(theirs.step_seconds)
-        ours_blocks: list[list[float]] = []
-        trl_blocks: list[list[float]] = []
-        ours_phases = []
-        for r in range(args.rounds):
-            order = ("agentrl", "trl") if r % 2 == 0 else ("trl", "agentrl")
-            for side in order:
-                if side == "agentrl":
-                    ours_blocks.append([])
-                    for _ in range(args.steps):
-                        s, ph = ours.step()
-                        ours_blocks[-1].append(s)
-                        ours_phases.append(ph)
-                else:
-                    trl_blocks.append(theirs.steps(args.steps))
-        ours_times = [t for block in ours_blocks for t in block]
-        trl_times = [t for block in trl_blocks for t in block]
-
-    a, b = statistics.median(ours_times), statistics.median(trl_times)
-    print(f"GRPO step, {PROMPTS} prompts x {GENERATIONS} generations, <= {MAX_COMPLETION} completion tokens, "
-          f"tiny model, CPU, {args.threads} thread(s), {args.clock} time; torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, trl {trl.__version__}")
-    print(f"{'side':<10}{'steps':>7}{'median s/step':>15}{'min':>9}{'max':>9}{'completion tokens':>19}")
-    for name, times, tokens in (("agentrl", ours_times, ours.completion_tokens),
-                                ("TRL", trl_times, theirs.completion_tokens)):
-        print(f"{name:<10}{len(times):>7}{statistics.median(times):>15.4f}{min(times):>9.4f}{max(times):>9.4f}"
-              f"{statistics.mean(tokens):>19.1f}")
-    if args.profile:
-        print("\n".join(phase_table("agentrl", ours_phases)))
-        print("\n".join(phase_table("TRL", theirs.phases[warm_trl:])))
-    print("\n".join(spread(ours_blocks, trl_blocks)))
-    print(f"ratio agentrl/TRL: {a / b:.2f}")
+        measured = alternate(ours, theirs, args)
+    title = (f"GRPO step, {PROMPTS} prompts x {GENERATIONS} generations, <= {MAX_COMPLETION} completion "
+             "tokens, tiny model")
+    report(title, ours, theirs, measured, args)
     return 0
 
 

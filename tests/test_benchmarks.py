@@ -73,6 +73,19 @@ def test_grpo_against_trl_prints_its_ratio(capsys) -> None:
     assert "agentrl phases" in out and "TRL phases" in out
 
 
+def test_multi_turn_grpo_against_trl_prints_its_ratio(capsys) -> None:
+    pytest.importorskip("trl")
+    import grpo_vs_trl_multiturn
+
+    args = ["--steps", "1", "--rounds", "1", "--warmup", "1", "--profile", "--demos", "16", "--epochs", "4"]
+    assert grpo_vs_trl_multiturn.main(args) == 0  # it exits if TRL's prompt ids differ from agentrl's
+    out = capsys.readouterr().out
+    assert re.search(r"^ratio agentrl/TRL: \d+\.\d\d$", out, re.MULTILINE)
+    rows = re.findall(r"^(agentrl|TRL) +1 .* (\d+\.\d\d)$", out, re.MULTILINE)  # actions per episode
+    assert [side for side, _ in rows] == ["agentrl", "TRL"] and all(1 <= float(n) <= 4 for _, n in rows)
+    assert "agentrl phases" in out and "TRL phases" in out
+
+
 def test_viewer_load_prints_its_ratios(capsys) -> None:
     import viewer_load
 
