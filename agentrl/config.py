@@ -606,24 +606,24 @@ class TrainConfig(Section):
         rollout, algo = self.rollout, self.algorithm_section
         if self.algorithm == "grpo":
             require(rollout.group_size >= 2, "rollout.group_size",
-                     "an int >= 2 with algorithm grpo (it compares the episodes of one task)",
-                     rollout.group_size)
+                    "an int >= 2 with algorithm grpo (it compares the episodes of one task)",
+                    rollout.group_size)
         episodes = rollout.episodes_per_iteration
         require(algo.minibatches <= episodes, f"{self.algorithm}.minibatches",
-                 f"at most the {episodes} episodes per iteration (rollout.tasks_per_iteration * "
-                 "rollout.group_size)", algo.minibatches)
+                f"at most the {episodes} episodes per iteration (rollout.tasks_per_iteration * "
+                "rollout.group_size)", algo.minibatches)
         require(self.optim.micro_batch_tokens >= rollout.context_budget, "optim.micro_batch_tokens",
-                 f"at least rollout.context_budget = {rollout.context_budget} (a micro-batch holds whole "
-                 "sub-traces)", self.optim.micro_batch_tokens)
+                f"at least rollout.context_budget = {rollout.context_budget} (a micro-batch holds whole "
+                "sub-traces)", self.optim.micro_batch_tokens)
         dist = self.distributed
         require(dist.shards <= rollout.tasks_per_iteration, "distributed.rollout_shards",
-                 f"at most rollout.tasks_per_iteration = {rollout.tasks_per_iteration} (a shard holds "
-                 "whole tasks)", dist.shards)
+                f"at most rollout.tasks_per_iteration = {rollout.tasks_per_iteration} (a shard holds "
+                "whole tasks)", dist.shards)
         require(dist.backend == "gloo" or self.model.device != "cpu", "distributed.backend",
-                 "gloo with model.device cpu (nccl needs GPUs)", dist.backend)
-        _require(rollout.batching == "static" or dist.rollout_workers == 0, "rollout.batching",
-                 "static with distributed.rollout_workers >= 1 (continuous batching runs in process)",
-                 rollout.batching)
+                "gloo with model.device cpu (nccl needs GPUs)", dist.backend)
+        require(rollout.batching == "static" or dist.rollout_workers == 0, "rollout.batching",
+                "static with distributed.rollout_workers >= 1 (continuous batching runs in process)",
+                rollout.batching)
 
     @property
     def algorithm_section(self) -> PPOSection | GRPOSection:

@@ -94,7 +94,7 @@ class ValueModel(torch.nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, shared_prefix: int = 0
     ) -> torch.Tensor:
-        """(B, T) values; ``shared_prefix`` as in ``agentrl.forward.shared_prefix_forward``'s ``min_prefix``."""
+        """(B, T) values; ``shared_prefix`` as in ``forward.shared_prefix_forward``'s ``min_prefix``."""
         (hidden,) = shared_prefix_forward(self.backbone, input_ids, attention_mask, min_prefix=shared_prefix,
                                           outputs=lambda out: (_last_hidden(out),))
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, T)
