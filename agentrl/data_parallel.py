@@ -1,8 +1,9 @@
 """The learner's data parallelism on torch.distributed: which rows a rank updates on, and what it sums.
 
 M ranks (``distributed.learner_ranks``; gloo on CPU, NCCL on GPU) hold the same models and the same
-prepared rows. Each mini-batch (drawn by the learner's generator, the same on every rank) is cut by
-episodes into M contiguous shards; rank r computes the loss of shard r only. What makes M ranks one
+prepared rows (each computes its share of the rows' values and reference log-probs and ``gather``
+gives all of them to every rank: ``Learner._shared``). Each mini-batch (drawn by the learner's
+generator, the same on every rank) is cut by episodes into M contiguous shards; rank r computes the loss of shard r only. What makes M ranks one
 update:
 
 - **Normalisers are global.** The token-mean denominator is the policy tokens of every micro-batch of
@@ -88,6 +89,14 @@ class DataParallel:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (pickled), in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""

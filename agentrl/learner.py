@@ -232,8 +232,9 @@ class Learner:
         rows = rows_from_episodes(episodes, train_summaries=self.cfg.algorithm_section.train_summaries)
         rows = self._recompute_old_logprobs(rows)
         if self.reference is not None:
-            ref = evaluate_logprobs(self.reference, rows, temperature=self.temperature,
-                                    **self._eval_kwargs(self.cfg.optim.shared_prefix))
+            ref = self._shared(lambda mine: evaluate_logprobs(
+                self.reference, mine, temperature=self.temperature,
+                **self._eval_kwargs(self.cfg.optim.shared_prefix)), rows)
             rows = set_fields(rows, ref_logprobs=ref)
         if self.cfg.algorithm == "ppo":
             return self._prepare_ppo(episodes, rows)
@@ -248,8 +249,9 @@ class Learner:
         self.mismatch = {}
         if self.cfg.rollout.backend == "torch" and cap is None:
             return rows
-        learner = evaluate_logprobs(self.policy, rows, temperature=self.temperature,
-                                    **self._eval_kwargs(self.cfg.optim.shared_prefix))
+        learner = self._shared(lambda mine: evaluate_logprobs(
+            self.policy, mine, temperature=self.temperature,
+            **self._eval_kwargs(self.cfg.optim.shared_prefix)), rows)
         pairs = zip(rows, learner, strict=True)
         gaps = torch.cat([(lp - r.old_logprobs.to(lp))[r.loss_mask].abs() for r, lp in pairs])
         if gaps.numel():
@@ -261,13 +263,31 @@ class Learner:
                    for r, lp in zip(rows, learner, strict=True)]
         return set_fields(rows, old_logprobs=learner, tis_weights=weights)
 
+    def _shared(self, evaluate: Callable[[list[Row]], list[torch.Tensor]], rows: list[Row]
+                ) -> list[torch.Tensor]:
+        """``evaluate(rows)`` (one tensor per row, no gradient), each ddp rank evaluating its share of
+        the episodes and every rank getting all of them back (one gather), so that M ranks do the work
+        once, not M times. With FSDP2 every rank evaluates every row: the ranks' passes must match."""
+        parallel = self.parallel
+        if parallel.world == 1 or parallel.fsdp:
+            return evaluate(rows)
+        mine = set(parallel.shard(sorted({row.episode_index for row in rows})))
+        indices = [i for i, row in enumerate(rows) if row.episode_index in mine]
+        values = evaluate([rows[i] for i in indices]) if indices else []
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for part, tensors in parallel.gather((indices, [v.cpu() for v in values])):
+            for i, tensor in zip(part, tensors, strict=True):
+                out[i] = tensor.to(rows[i].token_ids.device)
+        return out  # type: ignore[return-value]
+
     def _eval_kwargs(self, shared_prefix: int) -> dict[str, Any]:
         return {"max_tokens": self.cfg.optim.micro_batch_tokens, "pad_id": self.pad_id, "device": self.device,
                 "shared_prefix": shared_prefix}
 
     def _prepare_ppo(self, episodes: Sequence[Episode], rows: list[Row]) -> list[Row]:
         ppo = self.cfg.ppo
-        values = evaluate_values(self.critic, rows, **self._eval_kwargs(self.critic_prefix))
+        values = self._shared(lambda mine: evaluate_values(
+            self.critic, mine, **self._eval_kwargs(self.critic_prefix)), rows)
         rows = set_fields(rows, old_values=values)
         batch = collate(rows, pad_id=self.pad_id)
         rewards = batch.rewards
