@@ -3,8 +3,8 @@
 M ranks (``distributed.learner_ranks``; gloo on CPU, NCCL on GPU) hold the same models and the same
 prepared rows (each computes its share of the rows' values and reference log-probs and ``gather``
 gives all of them to every rank: ``Learner._shared``). Each mini-batch (drawn by the learner's
-generator, the same on every rank) is cut by episodes into M contiguous shards; rank r computes the loss of shard r only. What makes M ranks one
-update:
+generator, the same on every rank) is cut by episodes into M contiguous shards; rank r computes the
+loss of shard r only. What makes M ranks one update:
 
 - **Normalisers are global.** The token-mean denominator is the policy tokens of every micro-batch of
   every rank, and the seq-mean modes' sequence count the sequences of every rank: each rank counts its
