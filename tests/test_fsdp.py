@@ -40,6 +40,7 @@ CASES = {  # 8 episodes; 2 mini-batches of 4: each rank updates on 2 episodes a 
                                      "grpo.aggregation=seq-mean-token-sum-norm"],
     # 8 mini-batches of 1 episode: rank 1 has no row in any of them and runs idle passes only
     "grpo-one-episode-minibatches": ["algorithm=grpo", "grpo.minibatches=8", "grpo.kl_beta=0"],
+    "ppo-one-episode-minibatches": ["algorithm=ppo", "ppo.minibatches=8"],  # the critic's idle passes too
 }
 
 
@@ -133,7 +134,7 @@ def test_two_sharded_ranks_update_as_one(name: str, tiny_model_dir: Path, episod
     assert two["metrics"].keys() == one["metrics"].keys()
 
 
-@pytest.mark.parametrize("name", ["ppo-token-mean", "grpo-one-episode-minibatches"])
+@pytest.mark.parametrize("name", ["ppo-token-mean", "ppo-one-episode-minibatches"])
 def test_gathered_optimiser_states_are_one_ranks(name: str, tiny_model_dir: Path, episodes: list,
                                                  sharded: dict) -> None:
     """What a checkpoint stores: the same keys, shapes and (within float rounding) values as one rank's
