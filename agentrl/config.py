@@ -542,6 +542,9 @@ class DistributedSection(Section):
         learner_ranks: data-parallel learner processes (torch.distributed), >= 1; each updates on its
             share of every mini-batch, with the loss normalisers summed over all ranks.
         backend: the torch.distributed backend of the learner ranks: ``gloo`` (CPU) or ``nccl`` (GPU).
+        learner_sharding: ``ddp``: every learner rank holds the whole models; ``fsdp2``: each holds a
+            shard of every parameter, gradient and optimiser state (``fully_shard``), for models that do
+            not fit one device; needs ``optim.shared_prefix`` 0 and a separate critic (docs/distributed.md).
         overlap: one-step off-policy: iteration k+1's rollout runs with the weights of k-1 while k
             updates (docs/distributed.md says what it changes); false: every rollout uses the newest.
     """
@@ -556,6 +559,7 @@ class DistributedSection(Section):
     ray_address: str | None = None
     learner_ranks: int = 1
     backend: Literal["gloo", "nccl"] = "gloo"
+    learner_sharding: Literal["ddp", "fsdp2"] = "ddp"
     overlap: bool = False
 
     def _validate(self) -> None:
@@ -624,6 +628,13 @@ class TrainConfig(Section):
         require(rollout.batching == "static" or dist.rollout_workers == 0, "rollout.batching",
                 "static with distributed.rollout_workers >= 1 (continuous batching runs in process)",
                 rollout.batching)
+        if dist.learner_sharding == "fsdp2":  # every rank must run the same passes (agentrl.fsdp)
+            require(self.optim.shared_prefix == 0, "optim.shared_prefix",
+                    "0 with distributed.learner_sharding fsdp2 (a shared prefix changes the number of "
+                    "forward passes from rank to rank)", self.optim.shared_prefix)
+            require(not self.needs_critic or self.model.critic == "separate", "model.critic",
+                    "separate with distributed.learner_sharding fsdp2 (a shared head reads the sharded "
+                    "backbone outside the policy's forward)", self.model.critic)
 
     @property
     def algorithm_section(self) -> PPOSection | GRPOSection:

@@ -1,9 +1,10 @@
 """The learner's data parallelism on torch.distributed: which rows a rank updates on, and what it sums.
 
 M ranks (``distributed.learner_ranks``; gloo on CPU, NCCL on GPU) hold the same models and the same
-prepared rows. Each mini-batch (drawn by the learner's generator, the same on every rank) is cut by
-episodes into M contiguous shards; rank r computes the loss of shard r only. What makes M ranks one
-update:
+prepared rows (each computes its share of the rows' values and reference log-probs and ``gather``
+gives all of them to every rank: ``Learner._shared``). Each mini-batch (drawn by the learner's
+generator, the same on every rank) is cut by episodes into M contiguous shards; rank r computes the
+loss of shard r only. What makes M ranks one update:
 
 - **Normalisers are global.** The token-mean denominator is the policy tokens of every micro-batch of
   every rank, and the seq-mean modes' sequence count the sequences of every rank: each rank counts its
@@ -16,6 +17,10 @@ update:
   step also lets ranks hold different numbers of micro-batches (or none).
 - **Metrics are merged.** Each rank's weighted sums are gathered and merged (``merge_sums``), so a logged
   ``policy/clip_frac`` is over every policy token of the mini-batch, and ``policy/loss`` is the global loss.
+
+With ``sharding`` ``fsdp2`` (``distributed.learner_sharding``) each rank keeps a shard of the models
+instead (``agentrl.fsdp``): FSDP2's reduce-scatter sums the gradients, and ``sum_gradients`` has nothing
+left to do; the normalisers and metrics are summed as above.
 
 The models therefore stay bit-for-bit equal across ranks (the same reduced gradient on each), a
 checkpoint written by rank 0 is the whole state, and a run resumes at any rank count. A single process
@@ -37,10 +42,17 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DataParallel:
-    """This process's place among the learner ranks: ``rank`` of ``world``."""
+    """This process's place among the learner ranks: ``rank`` of ``world``, and whether the models are
+    whole on every rank (``ddp``) or sharded (``fsdp2``, ``agentrl.fsdp``)."""
 
     rank: int = 0
     world: int = 1
+    sharding: str = "ddp"
+
+    @property
+    def fsdp(self) -> bool:
+        """Whether the models are sharded over several ranks (FSDP2)."""
+        return self.sharding == "fsdp2" and self.world > 1
 
     @property
     def is_main(self) -> bool:
@@ -62,6 +74,14 @@ class DataParallel:
         dist.all_reduce(total)
         return int(total.item())
 
+    def global_max(self, count: int, device: torch.device) -> int:
+        """The largest ``count`` of any rank (one all-reduce)."""
+        if self.world == 1:
+            return count
+        top = torch.tensor([count], dtype=torch.int64, device=device)
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        return int(top.item())
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (pickled; the others pass anything, e.g. None)."""
         if self.world == 1:
@@ -69,6 +89,14 @@ class DataParallel:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (pickled), in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""
@@ -83,8 +111,9 @@ class DataParallel:
 
     def sum_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Every parameter's gradient summed over the ranks, through one flat buffer; a parameter without
-        a gradient (a rank with no row) counts as zeros."""
-        if self.world == 1:
+        a gradient (a rank with no row) counts as zeros. With FSDP2 the reduce-scatter of the backward
+        passes has summed them already: nothing to do."""
+        if self.world == 1 or self.fsdp:
             return
         unique = list({id(p): p for p in params}.values())
         for p in unique:
@@ -117,10 +146,10 @@ class DataParallel:
 SINGLE = DataParallel()
 
 
-def init_from_env(backend: str, ranks: int) -> DataParallel:
+def init_from_env(backend: str, ranks: int, sharding: str = "ddp") -> DataParallel:
     """Join the process group that ``torchrun`` (or ``launch``) set up through ``RANK``, ``WORLD_SIZE``,
     ``MASTER_ADDR`` and ``MASTER_PORT``; ``SINGLE`` when ``ranks`` is 1. The world size must be
-    ``ranks`` (``distributed.learner_ranks``)."""
+    ``ranks`` (``distributed.learner_ranks``); ``sharding`` is ``distributed.learner_sharding``."""
     if ranks == 1:
         return SINGLE
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -131,7 +160,7 @@ def init_from_env(backend: str, ranks: int) -> DataParallel:
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return DataParallel(dist.get_rank(), dist.get_world_size())
+    return DataParallel(dist.get_rank(), dist.get_world_size(), sharding)
 
 
 def _free_port() -> int:

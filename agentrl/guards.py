@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 GROWTH_LIMIT = 1000.0  # training moves weights by a few percent; 1000x is no longer training
 ADVANTAGE_LIMIT = 1e9  # rewards are bounded by 1e6 (agentrl.runner.MAX_ABS_REWARD) per step
@@ -26,13 +28,25 @@ class DivergenceError(ValueError):
     """An update diverged; the message says where and what to change."""
 
 
+def _abs_max(p: torch.Tensor) -> float:
+    """``max |p|`` (nan when a value is nan); of a parameter sharded by FSDP2, over every rank's shard (a
+    collective every rank calls, so that all of them reach the same verdict)."""
+    with torch.no_grad():
+        if not isinstance(p, DTensor):
+            return float(p.detach().abs().max())
+        shard = p.to_local().detach()
+        top = shard.abs().max().reshape(1).float() if shard.numel() else torch.zeros(1, device=shard.device)
+        top = torch.nan_to_num(top, nan=math.inf)  # a max over ranks keeps inf, not surely nan
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        return float(top)
+
+
 def largest_weight(model: Any) -> float:
     """The largest absolute parameter value of ``model`` (inf when one is not finite)."""
     largest = 0.0
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel():
-                largest = max(largest, float(p.detach().abs().max()))
+    for p in model.parameters():
+        if p.numel():
+            largest = max(largest, _abs_max(p))
     return largest
 
 
@@ -45,7 +59,7 @@ def check_models(models: Iterable[tuple[str, Any]], *, initial_largest: float) -
             for name, p in model.named_parameters():
                 if not p.numel():
                     continue
-                top = float(p.detach().abs().max())
+                top = _abs_max(p)
                 if not math.isfinite(top) or top > limit:
                     raise DivergenceError(
                         f"the {label} diverged: parameter {name} reached |w| = {top:.3g} (limit {limit:.3g},"

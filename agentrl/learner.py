@@ -89,6 +89,7 @@ from agentrl.forward import (
     evaluate_values,
     policy_logprobs,
 )
+from agentrl.fsdp import full_optimizer_state, idle_pass, local, shard_optimizer_state
 from agentrl.losses import aggregate, kl, policy_loss, tis_weights, value_loss
 from agentrl.metrics import ROLLOUT_LOGPROB_MISMATCH_MAX, ROLLOUT_LOGPROB_MISMATCH_MEAN
 from agentrl.types import Episode
@@ -233,8 +234,9 @@ class Learner:
         rows = rows_from_episodes(episodes, train_summaries=self.cfg.algorithm_section.train_summaries)
         rows = self._recompute_old_logprobs(rows)
         if self.reference is not None:
-            ref = evaluate_logprobs(self.reference, rows, temperature=self.temperature,
-                                    **self._eval_kwargs(self.cfg.optim.shared_prefix))
+            ref = self._shared(lambda mine: evaluate_logprobs(
+                self.reference, mine, temperature=self.temperature,
+                **self._eval_kwargs(self.cfg.optim.shared_prefix)), rows)
             rows = set_fields(rows, ref_logprobs=ref)
         if self.cfg.algorithm == "ppo":
             return self._prepare_ppo(episodes, rows)
@@ -249,8 +251,9 @@ class Learner:
         self.mismatch = {}
         if self.cfg.rollout.backend == "torch" and cap is None:
             return rows
-        learner = evaluate_logprobs(self.policy, rows, temperature=self.temperature,
-                                    **self._eval_kwargs(self.cfg.optim.shared_prefix))
+        learner = self._shared(lambda mine: evaluate_logprobs(
+            self.policy, mine, temperature=self.temperature,
+            **self._eval_kwargs(self.cfg.optim.shared_prefix)), rows)
         pairs = zip(rows, learner, strict=True)
         gaps = torch.cat([(lp - r.old_logprobs.to(lp))[r.loss_mask].abs() for r, lp in pairs])
         if gaps.numel():
@@ -262,13 +265,31 @@ class Learner:
                    for r, lp in zip(rows, learner, strict=True)]
         return set_fields(rows, old_logprobs=learner, tis_weights=weights)
 
+    def _shared(self, evaluate: Callable[[list[Row]], list[torch.Tensor]], rows: list[Row]
+                ) -> list[torch.Tensor]:
+        """``evaluate(rows)`` (one tensor per row, no gradient), each ddp rank evaluating its share of
+        the episodes and every rank getting all of them back (one gather), so that M ranks do the work
+        once, not M times. With FSDP2 every rank evaluates every row: the ranks' passes must match."""
+        parallel = self.parallel
+        if parallel.world == 1 or parallel.fsdp:
+            return evaluate(rows)
+        mine = set(parallel.shard(sorted({row.episode_index for row in rows})))
+        indices = [i for i, row in enumerate(rows) if row.episode_index in mine]
+        values = evaluate([rows[i] for i in indices]) if indices else []
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for part, tensors in parallel.gather((indices, [v.cpu() for v in values])):
+            for i, tensor in zip(part, tensors, strict=True):
+                out[i] = tensor.to(rows[i].token_ids.device)
+        return out  # type: ignore[return-value]
+
     def _eval_kwargs(self, shared_prefix: int) -> dict[str, Any]:
         return {"max_tokens": self.cfg.optim.micro_batch_tokens, "pad_id": self.pad_id, "device": self.device,
                 "shared_prefix": shared_prefix}
 
     def _prepare_ppo(self, episodes: Sequence[Episode], rows: list[Row]) -> list[Row]:
         ppo = self.cfg.ppo
-        values = evaluate_values(self.critic, rows, **self._eval_kwargs(self.critic_prefix))
+        values = self._shared(lambda mine: evaluate_values(
+            self.critic, mine, **self._eval_kwargs(self.critic_prefix)), rows)
         rows = set_fields(rows, old_values=values)
         batch = collate(rows, pad_id=self.pad_id)
         rewards = batch.rewards
@@ -361,18 +382,25 @@ class Learner:
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         micro_batches = pack(rows, max_tokens=self.cfg.optim.micro_batch_tokens)
+        # FSDP2's collectives need every rank to run as many passes: the missing ones idle (agentrl.fsdp)
+        idle = (self.parallel.global_max(len(micro_batches), self.device) - len(micro_batches)
+                if self.parallel.fsdp else 0)
         for mb in micro_batches:
             batch = collate(rows, mb.indices, pad_id=self.pad_id).to(self.device)
             loss = micro_loss(batch, step_meter)
             finite &= torch.isfinite(loss.detach())
             total += loss.detach().double()
             loss.backward()
+        for _ in range(idle):
+            for _, model, _ in models:
+                idle_pass(model, self.device)
         # one update over the ranks: the global loss (any rank's non-finite loss makes it non-finite on
         # every rank, so all skip together) and the summed gradients, before the same clipping
         finite &= torch.isfinite(self.parallel.sum_(total))
         self.parallel.sum_gradients(p for _, m, _ in models for p in _trainable(m))
         max_norm = self.cfg.optim.grad_clip or float("inf")
-        norms = {name: torch.nn.utils.clip_grad_norm_(_trainable(m), max_norm) for name, m, _ in models}
+        norms = {name: local(torch.nn.utils.clip_grad_norm_(_trainable(m), max_norm))  # FSDP2: a DTensor
+                 for name, m, _ in models}
         for norm in norms.values():
             finite &= torch.isfinite(norm)
         if not bool(finite):  # one host sync per optimiser step
@@ -543,22 +571,31 @@ class Learner:
         return metrics | {"skipped_updates": skipped}
 
     def state_dict(self) -> dict[str, Any]:
-        """The learner's state for a checkpoint: optimiser states, the mini-batch generator, counters."""
+        """The learner's state for a checkpoint: optimiser states, the mini-batch generator, counters. With
+        FSDP2 the optimiser states are gathered whole (every rank calls it), the format of one rank's."""
+        def whole(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+            return full_optimizer_state(optimizer) if self.parallel.fsdp else optimizer.state_dict()
+
         return {
-            "policy_optimizer": self.policy_optimizer.state_dict(),
-            "critic_optimizer": None if self.critic_optimizer is None else self.critic_optimizer.state_dict(),
+            "policy_optimizer": whole(self.policy_optimizer),
+            "critic_optimizer": None if self.critic_optimizer is None else whole(self.critic_optimizer),
             "generator": self.generator.get_state(),
             "pretrain_steps_done": self.pretrain_steps_done,
             "skipped_updates": self.skipped_updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``state_dict()``'s output (the models' weights are restored separately)."""
-        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        """Restore ``state_dict()``'s output (the models' weights are restored separately); with FSDP2 the
+        whole optimiser states are cut as the parameters are."""
+        def load(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+            sharded = self.parallel.fsdp
+            optimizer.load_state_dict(shard_optimizer_state(optimizer, saved) if sharded else saved)
+
+        load(self.policy_optimizer, state["policy_optimizer"])
         if (state["critic_optimizer"] is None) != (self.critic_optimizer is None):
             raise ValueError("state: the checkpoint's critic optimiser does not match this learner's critic")
         if self.critic_optimizer is not None:
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            load(self.critic_optimizer, state["critic_optimizer"])
         self.generator.set_state(state["generator"])
         self.pretrain_steps_done = int(state["pretrain_steps_done"])
         self.skipped_updates = int(state["skipped_updates"])

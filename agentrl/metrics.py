@@ -64,6 +64,8 @@ ROLLOUT_LOGPROB_MISMATCH_MEAN = "rollout/logprob_mismatch_mean"
 ROLLOUT_LOGPROB_MISMATCH_MAX = "rollout/logprob_mismatch_max"
 # Policy updates between the weights that sampled an iteration and the learner's (distributed.overlap).
 ROLLOUT_POLICY_LAG = "rollout/policy_lag"
+# Ray rollout workers that died or hung during the iteration's rollout and were replaced.
+ROLLOUT_LOST_WORKERS = "rollout/lost_workers"
 
 # Policy update (means over the iteration's mini-batches).
 POLICY_LOSS = "policy/loss"
@@ -114,7 +116,7 @@ ALL_KEYS: tuple[str, ...] = (
     ROLLOUT_TURNS_MEAN, ROLLOUT_SUB_TRACES_MEAN, ROLLOUT_COMPACTIONS_MEAN, ROLLOUT_TOOL_ERRORS_MEAN,
     ROLLOUT_TOOL_ERRORS, ROLLOUT_CUT_RESPONSES, ROLLOUT_CUT_SUMMARIES, ROLLOUT_TERMINATED, ROLLOUT_TOKENS,
     ROLLOUT_POLICY_TOKENS, *ROLLOUT_TRUNCATED.values(), ROLLOUT_ENV_STEPS, ROLLOUT_LOGPROB_MISMATCH_MEAN,
-    ROLLOUT_LOGPROB_MISMATCH_MAX, ROLLOUT_POLICY_LAG,
+    ROLLOUT_LOGPROB_MISMATCH_MAX, ROLLOUT_POLICY_LAG, ROLLOUT_LOST_WORKERS,
     POLICY_LOSS, POLICY_CLIP_FRAC, POLICY_APPROX_KL, POLICY_ENTROPY, POLICY_KL, POLICY_DUAL_CLIP_FRAC,
     POLICY_RATIO_MEAN, CRITIC_LOSS, CRITIC_EXPLAINED_VARIANCE, CRITIC_CLIP_FRAC, CRITIC_VALUE_MEAN,
     CRITIC_RETURN_MEAN, CRITIC_PRETRAINING, ADV_MEAN, ADV_STD,
@@ -140,6 +142,7 @@ _RUN_METRICS_KEYS = {
     "tokens": ROLLOUT_TOKENS,
     "policy_tokens": ROLLOUT_POLICY_TOKENS,
     "sampled_tokens_per_s": PERF_TOKENS_PER_S,
+    "lost_workers": ROLLOUT_LOST_WORKERS,  # agentrl.ray_rollout's
 }
 # run_metrics keys left out on purpose: the rollout's wall time is perf/seconds_rollout (PhaseTimer).
 RUN_METRICS_IGNORED = ("seconds",)

@@ -7,7 +7,8 @@ shards gives. After every policy update the train loop calls ``push_weights(roll
 ``load_weights`` puts the state dict into Ray's object store once and every worker reads that one copy
 (on GPUs an NCCL broadcast would be a different body of that one method).
 
-Faults, each reported on stderr and in the metrics, never a hang:
+Faults, each reported on stderr and in the metrics (``rollout/failed_tasks``, ``rollout/lost_workers``),
+never a hang:
 - A worker that dies (its process killed, out of memory): a new worker is started with the current
   weights and the shard is played again, which gives the same episodes (same tasks, same seed, same
   weights); after ``distributed.shard_retries`` tries its tasks are recorded as failures.
@@ -175,7 +176,9 @@ class RayRollout:
         self.ray.get([w.set_weights.remote(self._weights) for w in self.workers], timeout=timeout)
 
     def run(self, tasks: Sequence[Task], *, seed: int) -> RunResult:
-        """Every shard on a free worker; the results in task order (``merge_results``)."""
+        """Every shard on a free worker; the results in task order (``merge_results``), with
+        ``metrics['lost_workers']``: the workers that died or hung during this call and were replaced."""
+        lost_before = self.lost_workers
         shards = self.cfg.distributed.shards
         parts = split_tasks(tasks, shards)
         start = time.perf_counter()
@@ -210,7 +213,9 @@ class RayRollout:
                     results[job.shard] = self._hung(job, parts[job.shard])
                     free.append(job.worker)
         ordered = [results[s] for s in sorted(results)]
-        return merge_results(ordered, time.perf_counter() - start, failures)
+        merged = merge_results(ordered, time.perf_counter() - start, failures)
+        merged.metrics["lost_workers"] = float(self.lost_workers - lost_before)
+        return merged
 
     def _hung(self, job: _InFlight, tasks: Sequence[Task]) -> RunResult:
         """A shard past its time: keep what it finished, record the rest, replace its worker."""

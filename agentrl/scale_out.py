@@ -6,7 +6,8 @@ The train loop calls three functions from here and stays the same loop at any sc
   ``distributed.rollout_workers`` is 0, else ``agentrl.ray_rollout.RayRollout``. The other learner
   ranks play nothing (None).
 - ``play``: rank 0 plays the iteration's tasks; every rank gets the same ``RunResult`` (a broadcast), so
-  every rank prepares the same rows and updates on its share of them (``agentrl.data_parallel``).
+  every rank holds the same prepared rows (each computes a share of them) and updates on its share of
+  every mini-batch (``agentrl.data_parallel``).
 - ``push``: after an update, rank 0 sends the new weights to its rollout (``push_weights``).
 
 Rank 0 alone writes the run directory (config, metrics, episodes, checkpoints); the models are equal on

@@ -70,6 +70,7 @@ from agentrl.data_parallel import SINGLE, DataParallel, init_from_env, launch, n
 from agentrl.diagnostics import credit_metrics
 from agentrl.episodes import save_episodes
 from agentrl.failures import FAILURES_DIR, check_not_empty, save_failures
+from agentrl.fsdp import FullCopies, shard_model
 from agentrl.guards import DivergenceError, check_advantages, check_models, largest_weight
 from agentrl.learner import Learner, batch_metrics
 from agentrl.metrics import (
@@ -117,6 +118,7 @@ class Trainer:
     empty_iterations: int = 0  # iterations in a row in which every task failed (agentrl.failures)
     rollout: Rollout | None = None  # rank 0's (agentrl.scale_out); None on the other learner ranks
     parallel: DataParallel = SINGLE  # this process's learner rank
+    full: FullCopies | None = None  # with FSDP2, rank 0's whole copies of the sharded models
 
     @property
     def total_iterations(self) -> int:
@@ -218,7 +220,8 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     if resume and not list_checkpoints(run_dir):
         print(f"agentrl train: {run_dir} has no complete checkpoint yet; starting it from iteration 0",
               file=sys.stderr)
-    parallel = init_from_env(cfg.distributed.backend, cfg.distributed.learner_ranks)
+    d = cfg.distributed
+    parallel = init_from_env(d.backend, d.learner_ranks, d.learner_sharding)
     run_dir.mkdir(parents=True, exist_ok=True)
     if parallel.is_main:
         save_config(cfg, run_dir / CONFIG_FILE)
@@ -242,6 +245,13 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
     reference = None
     if cfg.needs_reference:  # the initial policy, frozen, whether or not the run resumes
         reference = reference_from_policy(load_policy(initial, cfg, device)[0])
+    full = None
+    if parallel.fsdp:  # rank 0 keeps whole copies (to sample from, send and checkpoint), then all cut
+        full = FullCopies(parallel, policy, critic, device=device if d.rollout_workers == 0 else "cpu")
+        for model in (policy, critic, reference):
+            if model is not None:
+                shard_model(model)
+    whole = full.policy if full is not None else policy  # what the rollout samples with
     learner = Learner(cfg, policy, critic=critic, reference=reference, seed=cfg.run.seed,
                       pad_id=tokenizer.pad_token_id or 0, parallel=parallel)
     iteration, extra = 0, {}
@@ -251,7 +261,7 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
         iteration, extra = state.iteration, state.extra
     chat = ChatFormat(tokenizer)
     local = parallel.is_main and cfg.distributed.rollout_workers == 0  # else the sampler is never used
-    sampler = (make_sampler(cfg.rollout.backend, policy, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
+    sampler = (make_sampler(cfg.rollout.backend, whole, weights, vllm=cfg.rollout.vllm, seed=cfg.run.seed)
                if local else TorchSampler(policy))
     runner = (make_runner(cfg, sampler, policy, chat) if local  # rollout.batching: static or continuous
               else Runner(sampler, chat, cfg.to_runner_config()))
@@ -265,9 +275,9 @@ def build(cfg: TrainConfig, *, resume: bool, progress: bool = True) -> Trainer:
         logger = _Unlogged(run_dir)
         env_steps = int(extra.get("env_steps", 0))
     largest = extra.get("initial_largest_weight", largest_weight(policy))
-    rollout = make_rollout(cfg, runner, weights, policy, parallel)
+    rollout = make_rollout(cfg, runner, weights, whole, parallel)
     return Trainer(cfg, run_dir, policy, tokenizer, critic, learner, runner, chat, logger, iteration,
-                   env_steps, largest, rollout=rollout, parallel=parallel)
+                   env_steps, largest, rollout=rollout, parallel=parallel, full=full)
 
 
 class _Unlogged(MetricsLogger):
@@ -392,8 +402,11 @@ def run_iteration(t: Trainer, iteration: int) -> dict[str, float]:
 
 
 def _sync(t: Trainer) -> dict[str, float]:
-    """Give the rollout the updated policy's weights (a vLLM engine or a Ray worker keeps its own copy)."""
-    seconds = push(t.rollout, t.policy)
+    """Give the rollout the updated policy's weights (a vLLM engine or a Ray worker keeps its own copy;
+    with FSDP2 the shards are first gathered into rank 0's whole copy, which the rollout reads)."""
+    if t.full is not None:
+        t.full.refresh_policy(t.policy)
+    seconds = push(t.rollout, t.full.policy if t.full is not None else t.policy)
     return {} if seconds is None else {PERF_WEIGHT_SYNC_S: seconds}
 
 
@@ -426,15 +439,23 @@ def env_steps_of(metrics: dict[str, Any]) -> int:
     return round((metrics.get(ROLLOUT_TURNS_MEAN) or 0.0) * (metrics.get(ROLLOUT_EPISODES) or 0.0))
 
 
-def checkpoint(t: Trainer, iteration: int, record: dict[str, float] | None = None) -> Path:
+def checkpoint(t: Trainer, iteration: int, record: dict[str, float] | None = None) -> Path | None:
     """Save the weights, the learner's optimisers and generator, every RNG state, the environment steps
     so far and the iteration's metrics ``record`` (logged after the save; a resume logs it again if the
-    run died in between), atomically."""
-    extra = {"learner": t.learner.state_dict(), "env_steps": t.env_steps,
+    run died in between), atomically. Every rank calls it and rank 0 writes (None elsewhere): with
+    FSDP2 the shards are gathered first, so the checkpoint is that of whole models on one rank."""
+    policy, critic = t.policy, t.critic
+    if t.full is not None:
+        t.full.refresh([(t.policy, t.full.policy), (t.critic, t.full.critic)])
+        policy, critic = t.full.policy, t.full.critic
+    learner = t.learner.state_dict()  # with FSDP2 a collective too
+    if not t.parallel.is_main:
+        return None
+    extra = {"learner": learner, "env_steps": t.env_steps,
              "initial_largest_weight": t.initial_largest_weight,
              "metrics": {k: float(v) for k, v in (record or {}).items()}}
     return save_checkpoint(
-        t.run_dir, iteration, policy=t.policy, tokenizer=t.tokenizer, critic=t.critic,
+        t.run_dir, iteration, policy=policy, tokenizer=t.tokenizer, critic=critic,
         optimizers={}, rng_state=capture_rng(), extra=extra,
     )
 
@@ -494,8 +515,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 raise
             last = iteration == t.total_iterations or t.budget_spent
             every = cfg.run.checkpoint_every
-            saved = t.parallel.is_main and (last or bool(every and iteration % every == 0))
-            if saved:
+            due = last or bool(every and iteration % every == 0)
+            saved = due and t.parallel.is_main
+            if due:  # every rank: with FSDP2 the shards are gathered for rank 0 to write
                 timer = PhaseTimer()
                 with timer.phase("checkpoint"):
                     checkpoint(t, iteration, metrics)

@@ -59,12 +59,32 @@ def update(model_dir: Path, episodes: list, name: str, parallel: DataParallel) -
     return {"params": params, "metrics": metrics}
 
 
+def shared_evaluation(model_dir: Path, episodes: list, parallel: DataParallel) -> dict:
+    """The episodes this rank evaluated when preparing (critic values, reference log-probs), and what
+    every row got back."""
+    from agentrl.batch import rows_from_episodes
+
+    cfg = load_config(None, [*COMMON, f"model.path={model_dir}", "algorithm=grpo"])
+    learner = Learner(cfg, load_model(model_dir)[0], seed=0, parallel=parallel,
+                      reference=reference_from_policy(load_model(model_dir)[0]))
+    rows = rows_from_episodes(episodes)
+    seen: list[int] = []
+
+    def evaluate(mine: list) -> list[torch.Tensor]:
+        seen.extend(row.episode_index for row in mine)
+        return [row.token_ids.double() * 2 for row in mine]
+
+    got = learner._shared(evaluate, rows)
+    return {"seen": sorted(set(seen)), "got": got, "want": [row.token_ids.double() * 2 for row in rows]}
+
+
 def rank_main(rank: int, world: int, store: str, model_dir: str, episodes_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         episodes = pickle.loads(Path(episodes_file).read_bytes())
         results = {name: update(Path(model_dir), episodes, name, DataParallel(rank, world)) for name in CASES}
+        results["shared"] = shared_evaluation(Path(model_dir), episodes, DataParallel(rank, world))
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -87,6 +107,16 @@ def two_ranks(tiny_model_dir: Path, episodes: list, tmp_path_factory) -> list[di
     args = (2, str(tmp / "store"), str(tiny_model_dir), str(tmp / "episodes.pkl"), str(tmp / "out"))
     mp.start_processes(rank_main, args=args, nprocs=2, join=True, start_method="spawn")
     return [torch.load(tmp / f"out.{r}") for r in range(2)]
+
+
+def test_each_rank_prepares_its_share_and_gets_every_row(two_ranks: list) -> None:
+    """Values and reference log-probs are computed once over the ranks, not on every rank: rank r
+    evaluates the episodes of its share, and every rank gets every row's result back, in row order."""
+    shares = [r["shared"] for r in two_ranks]
+    assert shares[0]["seen"] == [0, 1, 2, 3] and shares[1]["seen"] == [4, 5, 6, 7]
+    for share in shares:
+        assert len(share["got"]) == len(share["want"])
+        assert all(torch.equal(g, w) for g, w in zip(share["got"], share["want"], strict=True))
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -121,6 +121,7 @@ def test_a_worker_killed_mid_iteration_is_replaced_and_nothing_is_lost(tiny_mode
     finally:
         pool.close()
     assert (tmp_path / "died").exists() and pool.lost_workers == 1
+    assert result.metrics["lost_workers"] == 1.0  # rollout/lost_workers (tests/test_ray_cluster.py: in train)
     assert fingerprint(result) == fingerprint(expected) and not result.failures
 
 
@@ -140,6 +141,7 @@ def test_a_hanging_environment_is_reported_and_the_run_goes_on(tiny_model_dir: P
     assert seeds(result) == [t.seed for t in tasks[:-2]]  # every finished one kept, in task order
     assert [f.task for f in result.failures] == tasks[-2:] and "hung" in result.failures[0].error
     assert result.metrics["failed_tasks"] == 2 and pool.lost_workers == 1
+    assert result.metrics["lost_workers"] == 1.0 and again.metrics["lost_workers"] == 0.0  # per call
     assert "ran past distributed.worker_timeout_s" in capfd.readouterr().err
     assert len(again.episodes) == 4
 

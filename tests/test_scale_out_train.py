@@ -37,11 +37,15 @@ def args(run_dir: Path, *extra: str) -> list[str]:
 # V equals old V and the two terms tie, so float rounding of a different batch layout decides it (the
 # parameters still agree within 1e-5: tests/test_data_parallel.py)
 TIES = ("critic/clip_frac",)
+# logged by Ray workers only (the one-process run has none to lose); each scaled record must say 0
+PLACEMENT = ("rollout/lost_workers",)
 
 
 def learned(records: list[dict]) -> list[dict]:
     """What the run computed, without wall-clock timings and tie counts."""
-    return [{k: v for k, v in r.items() if not k.startswith("perf/") and "seconds" not in k and k not in TIES}
+    assert all(r.get(key, 0.0) == 0.0 for r in records for key in PLACEMENT)  # no worker lost
+    skip = TIES + PLACEMENT
+    return [{k: v for k, v in r.items() if not k.startswith("perf/") and "seconds" not in k and k not in skip}
             for r in records]
 
 
