@@ -46,7 +46,10 @@ def largest_weight(model: Any) -> float:
     largest = 0.0
     for p in model.parameters():
         if p.numel():
-            largest = max(largest, _abs_max(p))
+            top = _abs_max(p)
+            if not math.isfinite(top):  # max() would keep the earlier value against a nan
+                return math.inf  # every FSDP2 rank sees the same reduced value, so all stop here
+            largest = max(largest, top)
     return largest
 
 

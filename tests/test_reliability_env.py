@@ -249,3 +249,21 @@ def test_the_divergence_guard_names_what_diverged() -> None:
     for bad in (float("inf"), 1e10):
         with pytest.raises(DivergenceError, match="critic's values diverged"):
             check_advantages([torch.tensor([0.0, bad])])
+
+
+def test_the_largest_weight_of_a_model_with_a_nan_is_inf() -> None:
+    import math
+
+    import torch
+
+    from agentrl.guards import largest_weight
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.25)
+        model[0].weight[0, 0] = 3.0
+    assert largest_weight(model) == 3.0
+    with torch.no_grad():
+        model[1].bias[1] = float("nan")  # after the larger weight: max() alone would return 3.0
+    assert largest_weight(model) == math.inf
