@@ -61,6 +61,6 @@ def runner_on(runner: RolloutRunner, model: Any) -> RolloutRunner:
     if isinstance(runner, ContinuousRunner):
         s = runner.sampler
         assert isinstance(s, SlotSampler)
-        return ContinuousRunner(SlotSampler(model, slots=s.slots, capacity=s.capacity), runner.chat,
+        return ContinuousRunner(SlotSampler(model, slots=s.slots, capacity=s.initial_capacity), runner.chat,
                                 runner.config)
     return Runner(TorchSampler(model), runner.chat, runner.config)

@@ -102,8 +102,10 @@ class SlotSampler:
         config = model.config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         param = next(model.parameters())
-        capacity = -(-capacity // WIDTH_BLOCK) * WIDTH_BLOCK
-        shape = (slots, config.num_key_value_heads, capacity, head_dim)
+        # the caches take their columns when the first session needs them: a sampler built and never
+        # used (the trainer's own, when distributed.overlap samples with a copy) holds no memory
+        self.initial_capacity = -(-capacity // WIDTH_BLOCK) * WIDTH_BLOCK
+        shape = (slots, config.num_key_value_heads, 0, head_dim)
         self._keys = [param.new_zeros(shape) for _ in range(config.num_hidden_layers)]
         self._values = [param.new_zeros(shape) for _ in range(config.num_hidden_layers)]
         self._lengths = [0] * slots
@@ -271,7 +273,7 @@ class SlotSampler:
         need = self._lengths[slot] + more + 1
         if need <= self.capacity:
             return
-        grown = -(-max(need, 2 * self.capacity) // WIDTH_BLOCK) * WIDTH_BLOCK
+        grown = -(-max(need, 2 * self.capacity, self.initial_capacity) // WIDTH_BLOCK) * WIDTH_BLOCK
         for layers in (self._keys, self._values):
             for i, old in enumerate(layers):
                 new = old.new_zeros(*old.shape[:2], grown, old.shape[3])

@@ -150,6 +150,7 @@ def test_the_slot_sampler_needs_the_lean_step_and_free_slots(tiny) -> None:
         SlotSampler(llama, slots=2, capacity=64)
     model, _ = tiny
     sampler = SlotSampler(model, slots=2, capacity=64)
+    assert sampler.capacity == 0  # no cache memory until a session needs it (an unused sampler holds none)
     sampler.open(1, [5, 6, 7], slot=0)
     with pytest.raises(ValueError, match="slot: 0 is held by session 1"):
         sampler.open(2, [5], slot=0)
