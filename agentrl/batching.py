@@ -28,11 +28,11 @@ from agentrl.config import TrainConfig
 from agentrl.continuous import ContinuousRunner
 from agentrl.decode_step import Qwen2DecodeStep
 from agentrl.rollout import TorchSampler
-from agentrl.runner import Runner
+from agentrl.runner import Runner, RunnerConfig
 from agentrl.sampling import Sampler
 from agentrl.slot_sampler import SlotSampler
 
-__all__ = ["RolloutRunner", "make_runner", "runner_on"]
+__all__ = ["RolloutRunner", "continuous_runner", "make_runner", "runner_on"]
 
 RolloutRunner = Runner | ContinuousRunner
 
@@ -45,14 +45,21 @@ def make_runner(cfg: TrainConfig, sampler: Sampler, policy: Any, chat: ChatForma
     raises a ``ValueError`` naming the field."""
     if cfg.rollout.batching == "static":
         return Runner(sampler, chat, cfg.to_runner_config())
-    reason = Qwen2DecodeStep.unsupported(policy)
-    if reason is not None:
-        raise ValueError(f"rollout.batching: continuous needs a Qwen2 model the lean decode step applies "
-                         f"to ({reason}); use static")
     r = cfg.rollout
-    slots = min(r.max_concurrent, episodes or r.episodes_per_iteration)
-    return ContinuousRunner(SlotSampler(policy, slots=slots, capacity=r.context_budget + 1), chat,
-                            cfg.to_runner_config())
+    return continuous_runner(policy, chat, cfg.to_runner_config(),
+                             slots=min(r.max_concurrent, episodes or r.episodes_per_iteration),
+                             field="rollout.batching")
+
+
+def continuous_runner(model: Any, chat: ChatFormat, config: RunnerConfig, *, slots: int,
+                      field: str) -> ContinuousRunner:
+    """Continuous batching on ``model`` with ``slots`` episodes in flight, each slot holding one context
+    window; a model the lean decode step does not apply to raises a ``ValueError`` naming ``field``."""
+    reason = Qwen2DecodeStep.unsupported(model)
+    if reason is not None:
+        raise ValueError(f"{field}: continuous needs a Qwen2 model the lean decode step applies "
+                         f"to ({reason}); use static")
+    return ContinuousRunner(SlotSampler(model, slots=slots, capacity=config.context_budget + 1), chat, config)
 
 
 def runner_on(runner: RolloutRunner, model: Any) -> RolloutRunner:

@@ -65,6 +65,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ValueError(f"--episodes: expected an int >= 1, got {args.episodes}")
+    if args.batching == "continuous" and args.backend != "torch":
+        raise ValueError(f"--batching: continuous needs --backend torch, got {args.backend!r}")
     if args.out is None:  # never the current directory, where a second eval would overwrite the first
         args.out = str(Path("runs") / f"eval_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}" / "episodes.jsonl")
     check_output_file(args.out, "--out")  # before the evaluation, whose episodes would be lost
@@ -79,6 +81,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--env: building {args.env!r} raised {type(e).__name__}: {e}") from e
 
     from agentrl.backends import make_sampler
+    from agentrl.batching import continuous_runner
     from agentrl.chat import ChatFormat
     from agentrl.config import VLLMSection
     from agentrl.episodes import save_episodes
@@ -89,10 +92,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     chat = ChatFormat(tokenizer)
     tasks = [Task(seed=args.seed + i, group_id=f"{args.env}:{args.seed + i}") for i in range(args.episodes)]
     vllm = VLLMSection(max_model_len=args.context_budget)
-    sampler = make_sampler(args.backend, model, args.model, vllm=vllm, seed=args.seed)
-    result = Runner(sampler, chat, config).run(
-        lambda: make(args.env, **options), tasks, seed=args.seed
-    )
+    if args.batching == "continuous":  # the tasks' sessions share slots, one context window each
+        runner = continuous_runner(model, chat, config, slots=min(args.max_concurrent, len(tasks)),
+                                   field="--batching")
+    else:
+        sampler = make_sampler(args.backend, model, args.model, vllm=vllm, seed=args.seed)
+        runner = Runner(sampler, chat, config)
+    result = runner.run(lambda: make(args.env, **options), tasks, seed=args.seed)
     m = result.metrics
     print(f"episodes {int(m['episodes'])}  success {m['success_rate']:.3f}  "
           f"mean reward {m['mean_reward']:.3f}  "
@@ -319,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runner_flags(ev, keep_last=2, max_summary_tokens=128, max_response_tokens=128, context_budget=1024)
     ev.add_argument("--backend", choices=("torch", "vllm"), default="torch",
                     help="the sampler: the model in this process (torch) or a vLLM engine (docs/vllm.md)")
+    ev.add_argument("--batching", choices=("static", "continuous"), default="static",
+                    help="static rounds, or continuous batching (a turn leaves the batch when it ends; "
+                         "torch backend, Qwen2 models; docs/runner.md)")
     ev.add_argument("--seed", type=int, default=0, help="the first task seed, and the sampling seed")
     ev.add_argument("--out", default=None,
                     help="where to write the episodes (JSONL; default runs/eval_<env>/episodes.jsonl)")

@@ -46,6 +46,20 @@ def test_eval_reports_and_writes_episodes(tiny_model_dir: Path, tmp_path: Path, 
     assert record["sub_traces"][0]["text"].startswith("<|im_start|>system\n")
 
 
+def test_eval_with_continuous_batching_plays_the_greedy_episodes_of_static_rounds(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    argv = ["eval", "--env", "ledger", "--model", str(tiny_model_dir), "--episodes", "3", "--env-option",
+            "num_records=5", "--max-response-tokens", "16", "--context-budget", "600", "--max-turns", "4",
+            "--temperature", "0"]
+    played = {}
+    for batching in ("static", "continuous"):
+        out = tmp_path / f"{batching}.jsonl"
+        assert main([*argv, "--batching", batching, "--out", str(out)]) == 0
+        played[batching] = [[t.token_ids for t in e.sub_traces] for e in load_episodes(out)]
+    assert len(played["static"]) == 3
+    assert played["continuous"] == played["static"]
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
@@ -55,6 +69,7 @@ def test_eval_reports_and_writes_episodes(tiny_model_dir: Path, tmp_path: Path, 
         (["--env", "ledger", "--env-option", "colour=1"], "colour"),
         (["--env", "ledger", "--env-option", "noequals"], "--env-option"),
         (["--env", "ledger", "--episodes", "0"], "--episodes"),
+        (["--env", "ledger", "--batching", "continuous", "--backend", "vllm"], "--batching"),
     ],
 )
 def test_eval_bad_input_is_one_line_naming_it(tiny_model_dir: Path, capsys, argv, named) -> None:
