@@ -1,5 +1,5 @@
-"""Advantages: skip-observation GAE (per row and per episode across sub-traces), GRPO group advantages,
-length-adaptive lambda, and masked whitening.
+"""Advantages: skip-observation GAE (per row and per episode across sub-traces) and length-adaptive
+lambda. GRPO's group advantages and masked whitening are in ``agentrl.group_advantages``.
 
 Plain torch: tensors and keyword numbers in, tensors out, the float dtype of the inputs preserved (half
 precision inputs are computed in float32 and cast back). A time step is a **policy token** (mask 1);
@@ -22,19 +22,24 @@ Departures from the papers:
   project's alternative, not a paper's.
 - ``length_adaptive_lambda`` (VAPO, Yue et al. 2025) is clamped to [0, 1): the formula is negative for
   ``alpha * l < 1``.
-- ``grpo_advantages`` divides by the sample std (Bessel-corrected) plus ``eps``; DeepSeekMath (Shao et
-  al. 2024) does not say which std. A group whose rewards are all equal, a group of one included, gets
-  exactly 0.
-- ``whiten`` uses the biased (population) variance over the mask-1 entries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from agentrl.tensor_checks import (
+    bool_mask,
+    check_episode_index,
+    check_shape,
+    check_tensor,
+    check_unit,
+    work_dtype,
+)
 
 TRUNCATION_MODES = ("bootstrap", "mask", "zero")
 EPISODE_GAE_MODES = ("episode", "local")
@@ -61,70 +66,16 @@ class GAEOutput:
     mask: torch.Tensor
 
 
-# ----------------------------------------------------------------------------------------------------
-# Input checks. Each names the argument at fault.
-
-
-def _check_tensor(name: str, x: object, dim: int, *, floating: bool | None) -> torch.Tensor:
-    """Check type and number of dimensions; ``floating``: True float, False integer/bool, None any."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != dim:
-        raise ValueError(f"{name}: expected {dim} dimension(s), got shape {tuple(x.shape)}")
-    if floating and not x.is_floating_point():
-        raise ValueError(f"{name}: expected a floating-point tensor, got {x.dtype}")
-    if floating is False and (x.is_floating_point() or x.is_complex()):
-        raise ValueError(f"{name}: expected an integer or bool tensor, got {x.dtype}")
-    return x
-
-
-def _check_shape(name: str, x: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
-    if tuple(x.shape) != shape:
-        raise ValueError(f"{name}: shape {tuple(x.shape)} != {what} {shape}")
-
-
-def _bool_mask(mask: object, dim: int = 2) -> torch.Tensor:
-    """Check a 0/1 mask and return it as bool. A non-bool mask costs one host sync for the check."""
-    mask = _check_tensor("mask", mask, dim, floating=None)
-    if mask.dtype == torch.bool:
-        return mask
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("mask: expected only 0 and 1")
-    return mask != 0
-
-
-def _check_episode_index(episode_index: object, n: int, num_episodes: int, what: str) -> torch.Tensor:
-    """Check an (n,) integer tensor of episode numbers in [0, num_episodes) and return it as long."""
-    index = _check_tensor("episode_index", episode_index, 1, floating=False)
-    _check_shape("episode_index", index, (n,), "batch size")
-    if index.dtype == torch.bool or not bool(((index >= 0) & (index < num_episodes)).all()):
-        raise ValueError(f"episode_index: expected integers in [0, {num_episodes}) ({what})")
-    return index.long()
-
-
-def _check_unit(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
-
-
 def _lam_tensor(lam: Lam, n: int, dtype: torch.dtype, device: torch.device, what: str) -> torch.Tensor:
     """``lam`` as an (n,) tensor; a tensor must already be (n,), with values in [0, 1]."""
     if isinstance(lam, torch.Tensor):
-        _check_tensor("lam", lam, 1, floating=True)
-        _check_shape("lam", lam, (n,), what)
+        check_tensor("lam", lam, 1, floating=True)
+        check_shape("lam", lam, (n,), what)
         if not bool(((lam >= 0) & (lam <= 1)).all()):
             raise ValueError("lam: expected values in [0, 1]")
         return lam.to(device=device, dtype=dtype)
-    _check_unit("lam", lam)
+    check_unit("lam", lam)
     return torch.full((n,), float(lam), dtype=dtype, device=device)
-
-
-def _work_dtype(*xs: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
-    """(dtype of the outputs, dtype to compute in): half precision is computed in float32."""
-    out = xs[0].dtype
-    for x in xs[1:]:
-        out = torch.promote_types(out, x.dtype)
-    return out, (torch.float64 if out == torch.float64 else torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,19 +175,19 @@ def gae(
     Returns:
         ``(advantages, returns)``, both (B, T), 0 at mask-0 positions, dtype of rewards/values promoted.
     """
-    m = _bool_mask(mask)
-    _check_tensor("rewards", rewards, 2, floating=True)
-    _check_tensor("values", values, 2, floating=True)
-    _check_shape("rewards", rewards, tuple(m.shape), "mask shape")
-    _check_shape("values", values, tuple(m.shape), "mask shape")
-    _check_unit("gamma", gamma)
-    out_dtype, dtype = _work_dtype(rewards, values)
+    m = bool_mask(mask)
+    check_tensor("rewards", rewards, 2, floating=True)
+    check_tensor("values", values, 2, floating=True)
+    check_shape("rewards", rewards, tuple(m.shape), "mask shape")
+    check_shape("values", values, tuple(m.shape), "mask shape")
+    check_unit("gamma", gamma)
+    out_dtype, dtype = work_dtype(rewards, values)
     B = m.shape[0]
     lam_b = _lam_tensor(lam, B, dtype, values.device, "batch size (B,)")
     if bootstrap is None:
         bootstrap = torch.zeros(B, dtype=dtype, device=values.device)
-    _check_tensor("bootstrap", bootstrap, 1, floating=True)
-    _check_shape("bootstrap", bootstrap, (B,), "batch size")
+    check_tensor("bootstrap", bootstrap, 1, floating=True)
+    check_shape("bootstrap", bootstrap, (B,), "batch size")
     bootstrap = bootstrap.to(device=values.device, dtype=dtype)
     adv, ret = _gae_core(rewards.to(dtype), values.to(dtype), m, gamma, lam_b, bootstrap)
     return adv.to(out_dtype), ret.to(out_dtype)
@@ -346,21 +297,21 @@ def episode_gae(
     Returns:
         ``GAEOutput`` with (B, T) advantages, returns and bool mask.
     """
-    m = _bool_mask(mask)
+    m = bool_mask(mask)
     B = m.shape[0]
-    _check_tensor("rewards", rewards, 2, floating=True)
-    _check_tensor("values", values, 2, floating=True)
-    _check_shape("rewards", rewards, tuple(m.shape), "mask shape")
-    _check_shape("values", values, tuple(m.shape), "mask shape")
-    _check_tensor("truncated", truncated, 1, floating=False)
+    check_tensor("rewards", rewards, 2, floating=True)
+    check_tensor("values", values, 2, floating=True)
+    check_shape("rewards", rewards, tuple(m.shape), "mask shape")
+    check_shape("values", values, tuple(m.shape), "mask shape")
+    check_tensor("truncated", truncated, 1, floating=False)
     E = truncated.shape[0]
-    index = _check_episode_index(episode_index, B, E, "E = len(truncated)").to(m.device)
-    _check_unit("gamma", gamma)
+    index = check_episode_index(episode_index, B, E, "E = len(truncated)").to(m.device)
+    check_unit("gamma", gamma)
     if truncation not in TRUNCATION_MODES:
         raise ValueError(f"truncation: expected one of {TRUNCATION_MODES}, got {truncation!r}")
     if mode not in EPISODE_GAE_MODES:
         raise ValueError(f"mode: expected one of {EPISODE_GAE_MODES}, got {mode!r}")
-    out_dtype, dtype = _work_dtype(rewards, values)
+    out_dtype, dtype = work_dtype(rewards, values)
     zero = torch.zeros((), dtype=dtype, device=values.device)
     r = torch.where(m, rewards.to(dtype), zero)
     v = torch.where(m, values.to(dtype), zero)
@@ -397,8 +348,8 @@ def _end_values(
     if bootstrap_values is None:
         raise ValueError("bootstrap_values: truncation='bootstrap' needs the value of the state each "
                          "truncated episode stopped in")
-    _check_tensor("bootstrap_values", bootstrap_values, 1, floating=True)
-    _check_shape("bootstrap_values", bootstrap_values, (E,), "number of episodes (E,) = len(truncated)")
+    check_tensor("bootstrap_values", bootstrap_values, 1, floating=True)
+    check_shape("bootstrap_values", bootstrap_values, (E,), "number of episodes (E,) = len(truncated)")
     end = bootstrap_values.to(device=device, dtype=dtype)
     return torch.where(cut.to(device), end, zeros)
 
@@ -435,10 +386,10 @@ def single_episode_gae(
         if len(xs) != n:
             raise ValueError(f"{name}: {len(xs)} sub-traces != len(masks) {n}")
     for i in range(n):
-        _check_tensor(f"masks[{i}]", masks[i], 1, floating=None)
+        check_tensor(f"masks[{i}]", masks[i], 1, floating=None)
         for name, xs in (("rewards", rewards), ("values", values)):
-            _check_tensor(f"{name}[{i}]", xs[i], 1, floating=True)
-            _check_shape(f"{name}[{i}]", xs[i], tuple(masks[i].shape), f"masks[{i}] shape")
+            check_tensor(f"{name}[{i}]", xs[i], 1, floating=True)
+            check_shape(f"{name}[{i}]", xs[i], tuple(masks[i].shape), f"masks[{i}] shape")
     if not isinstance(truncated, bool):
         raise ValueError(f"truncated: expected a bool, got {truncated!r}")
 
@@ -497,131 +448,3 @@ def length_adaptive_lambda(num_policy_tokens: torch.Tensor | int | float, alpha:
     # l = 0 gives 1 - inf = -inf, clamped to 0 like any alpha * l <= 1.
     lam = 1.0 - 1.0 / (alpha * lengths)
     return lam.clamp(min=0.0).minimum(below_one.to(lam.device))
-
-
-# ----------------------------------------------------------------------------------------------------
-# GRPO and whitening.
-
-
-def _group_index(
-    group_ids: Sequence[Hashable] | torch.Tensor, n: int, device: torch.device
-) -> tuple[torch.Tensor, int]:
-    """(N,) dense group numbers 0..G-1 for ``group_ids`` (a 1-D integer tensor or a sequence), and G."""
-    if isinstance(group_ids, torch.Tensor):
-        _check_tensor("group_ids", group_ids, 1, floating=False)
-        _check_shape("group_ids", group_ids, (n,), "len(rewards)")
-        unique, index = torch.unique(group_ids.to(device), return_inverse=True)
-        return index, unique.shape[0]
-    if isinstance(group_ids, str | bytes) or not isinstance(group_ids, Sequence):
-        kind = type(group_ids).__name__
-        raise ValueError(f"group_ids: expected a sequence of ids or a 1-D tensor, got {kind}")
-    if len(group_ids) != n:
-        raise ValueError(f"group_ids: length {len(group_ids)} != len(rewards) {n}")
-    number: dict[Hashable, int] = {}
-    try:
-        dense = [number.setdefault(g, len(number)) for g in group_ids]
-    except TypeError as e:
-        raise ValueError(f"group_ids: ids must be hashable ({e})") from None
-    return torch.tensor(dense, dtype=torch.long, device=device), len(number)
-
-
-def grpo_advantages(
-    rewards: torch.Tensor,
-    group_ids: Sequence[Hashable] | torch.Tensor,
-    *,
-    eps: float = 1e-6,
-    scale_by_std: bool = True,
-) -> torch.Tensor:
-    """GRPO advantages: one per episode, its reward normalised within its group.
-
-    DeepSeekMath (Shao et al. 2024), outcome supervision: ``A_i = (r_i - mean(r_g)) / (std(r_g) + eps)``
-    over the episodes of group g. ``std`` is the **sample** standard deviation (Bessel-corrected,
-    divisor n - 1), as ``torch.std`` computes it. ``scale_by_std=False`` gives ``A_i = r_i - mean(r_g)``,
-    Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"), which removes the std division
-    because it up-weights groups that are almost all right or all wrong. A group whose rewards are all
-    equal gets exactly 0, and so does a group of one (nothing to compare with).
-
-    Args:
-        rewards: (N,) episode rewards.
-        group_ids: N group ids (str, int, any hashable), or an (N,) integer tensor.
-        eps: > 0, added to the std so a near-constant group stays finite.
-        scale_by_std: divide by the group std (GRPO) or not (Dr. GRPO).
-
-    Returns:
-        (N,) advantages, rewards' dtype. Spread them over tokens with ``broadcast_to_tokens``.
-    """
-    _check_tensor("rewards", rewards, 1, floating=True)
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
-        raise ValueError(f"eps: expected a number > 0, got {eps!r}")
-    group, G = _group_index(group_ids, rewards.shape[0], rewards.device)
-    out_dtype, dtype = _work_dtype(rewards)
-    rewards = rewards.to(dtype)
-    size = torch.zeros(G, dtype=dtype, device=rewards.device).index_add_(0, group, torch.ones_like(rewards))
-    mean = torch.zeros_like(size).index_add_(0, group, rewards) / size
-    spread = rewards - mean[group]
-    high = torch.full_like(size, -torch.inf).scatter_reduce(0, group, rewards, "amax")
-    low = torch.full_like(size, torch.inf).scatter_reduce(0, group, rewards, "amin")
-    # mean() of equal floats can miss them by an ulp; equal rewards carry no signal, so force 0.
-    spread = torch.where((high == low)[group], torch.zeros_like(spread), spread)
-    if not scale_by_std:
-        return spread.to(out_dtype)
-    var = torch.zeros_like(size).index_add_(0, group, spread**2) / (size - 1).clamp_min(1)
-    return (spread / (var.sqrt()[group] + eps)).to(out_dtype)
-
-
-def broadcast_to_tokens(
-    episode_advantages: torch.Tensor, episode_index: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Give every policy token of every sub-trace its episode's advantage (GRPO, docs/design.md section 6).
-
-    Args:
-        episode_advantages: (E,) one advantage per episode (e.g. from ``grpo_advantages``).
-        episode_index: (B,) integer episode of each row, in [0, E).
-        mask: (B, T) 1 at policy tokens (bool, or 0/1 of any dtype).
-
-    Returns:
-        (B, T) ``episode_advantages[episode_index[b]]`` at policy tokens, 0 elsewhere.
-    """
-    m = _bool_mask(mask)
-    _check_tensor("episode_advantages", episode_advantages, 1, floating=True)
-    E = episode_advantages.shape[0]
-    index = _check_episode_index(episode_index, m.shape[0], E, "E = len(episode_advantages)")
-    per_row = episode_advantages[index]
-    return torch.where(m, per_row[:, None], torch.zeros_like(per_row)[:, None])
-
-
-def whiten(
-    x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
-    """Masked whitening: normalise ``x`` with the mean and variance of its mask-1 entries.
-
-    The statistics are taken over all mask-1 entries of the tensor together (the whole batch, not per
-    row); the variance is the **biased** (population) one, divisor n, so one entry gives variance 0.
-    ``shift_mean=True``: ``(x - mean) / sqrt(var + eps)``. ``shift_mean=False``: ``x / sqrt(var + eps)``,
-    which keeps the sign of every entry (the scale changes, the zero point does not). Mask-0 entries come
-    out 0 and are never read (NaN there is harmless); with no mask-1 entry the result is all zeros.
-
-    Args:
-        x: floating tensor, any shape.
-        mask: 0/1 or bool tensor of the same shape.
-        shift_mean: subtract the mean.
-        eps: > 0, added to the variance (so a constant ``x`` gives 0, not NaN).
-
-    Returns:
-        Tensor of ``x``'s shape and dtype.
-    """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x: expected a floating-point torch.Tensor, got {got}")
-    m = _bool_mask(mask, dim=x.dim())
-    _check_shape("mask", m, tuple(x.shape), "x shape")
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
-        raise ValueError(f"eps: expected a number > 0, got {eps!r}")
-    out_dtype, dtype = _work_dtype(x)
-    zero = torch.zeros((), dtype=dtype, device=x.device)
-    kept = torch.where(m, x.to(dtype), zero)
-    count = m.sum().clamp_min(1).to(dtype)
-    mean = kept.sum() / count
-    var = torch.where(m, (kept - mean) ** 2, zero).sum() / count
-    out = (kept - mean if shift_mean else kept) * torch.rsqrt(var + eps)
-    return torch.where(m, out, zero).to(out_dtype)

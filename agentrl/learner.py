@@ -15,7 +15,7 @@ PPO and GRPO differ only in ``prepare`` (where the advantages come from, docs/de
   episodes (``advantages.episode_gae``) twice, with decoupled lambdas: advantages with ``ppo.actor_lam``
   (a number, or ``adaptive``: ``length_adaptive_lambda`` of each episode's policy tokens), returns (the
   critic's targets) with ``ppo.critic_lam``; optional whitening over the batch's policy tokens.
-- GRPO: episode rewards normalised within their ``group_id`` (``advantages.grpo_advantages``),
+- GRPO: episode rewards normalised within their ``group_id`` (``group_advantages.grpo_advantages``),
   broadcast to every policy token of every sub-trace; no critic.
 
 The policy update is the clipped surrogate (clip-higher, dual clip) plus ``kl_beta * kl`` to the frozen
@@ -58,13 +58,7 @@ from typing import Any
 
 import torch
 
-from agentrl.advantages import (
-    broadcast_to_tokens,
-    episode_gae,
-    grpo_advantages,
-    length_adaptive_lambda,
-    whiten,
-)
+from agentrl.advantages import episode_gae, length_adaptive_lambda
 from agentrl.batch import (
     Batch,
     Row,
@@ -90,6 +84,7 @@ from agentrl.forward import (
     policy_logprobs,
 )
 from agentrl.fsdp import full_optimizer_state, idle_pass, local, shard_optimizer_state
+from agentrl.group_advantages import broadcast_to_tokens, grpo_advantages, whiten
 from agentrl.losses import aggregate, kl, policy_loss, tis_weights, value_loss
 from agentrl.metrics import ROLLOUT_LOGPROB_MISMATCH_MAX, ROLLOUT_LOGPROB_MISMATCH_MEAN
 from agentrl.types import Episode

@@ -10,14 +10,12 @@ from hypothesis import strategies as st
 
 from agentrl.advantages import (
     _reverse_scan,
-    broadcast_to_tokens,
     episode_gae,
     gae,
-    grpo_advantages,
     length_adaptive_lambda,
     single_episode_gae,
-    whiten,
 )
+from agentrl.group_advantages import broadcast_to_tokens, grpo_advantages, whiten
 
 NAN = float("nan")
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True)

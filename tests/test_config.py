@@ -478,7 +478,7 @@ def test_choices_mirror_the_math_and_model_modules() -> None:
 
 
 def test_math_field_names_are_the_math_keyword_arguments() -> None:
-    from agentrl import advantages, losses
+    from agentrl import advantages, group_advantages, losses
 
     def kwargs(fn: object) -> set[str]:
         return set(inspect.signature(fn).parameters)  # type: ignore[arg-type]
@@ -486,7 +486,7 @@ def test_math_field_names_are_the_math_keyword_arguments() -> None:
     assert {"clip_low", "clip_high", "dual_clip"} <= kwargs(losses.policy_loss)
     assert {"gamma", "truncation"} <= kwargs(advantages.episode_gae)
     assert {"alpha"} <= kwargs(advantages.length_adaptive_lambda)
-    assert {"eps", "scale_by_std"} <= kwargs(advantages.grpo_advantages)
+    assert {"eps", "scale_by_std"} <= kwargs(group_advantages.grpo_advantages)
     assert {"k3_max"} <= kwargs(losses.kl) and {"horizon"} <= kwargs(losses.aggregate)
     ppo = {f.name for f in dataclasses.fields(PPOSection)}
     grpo = {f.name for f in dataclasses.fields(GRPOSection)}
