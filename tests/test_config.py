@@ -11,14 +11,11 @@ from typing import get_args
 import pytest
 
 from agentrl.config import (
-    Aggregation,
     CompactionSection,
     ConfigError,
     DistributedSection,
     EnvSection,
-    GAEMode,
     GRPOSection,
-    KLKind,
     ModelSection,
     ModelSize,
     OptimSection,
@@ -27,13 +24,13 @@ from agentrl.config import (
     RunSection,
     Strategy,
     TrainConfig,
-    Truncation,
     VLLMSection,
     config_to_dict,
     dump_config,
     load_config,
     save_config,
 )
+from agentrl.config_algorithms import Aggregation, GAEMode, KLKind, Truncation
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
