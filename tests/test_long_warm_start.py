@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sft_recipes import GRAPH_NAV, GRAPH_NAV_SFT
 
 from agentrl.cli import main
 
@@ -37,15 +38,11 @@ def test_the_ledger_long_warm_start_reaches_partial_success(tmp_path: Path, caps
     assert last["heldout/nll"] < 0.05 and last["heldout/nll/text"] < 0.2
 
 
-# graph_nav_long by a curriculum: graph_nav small with numbered, marked exits (the recipe of
-# tests/test_sft.py), then graph_nav_long's own settings from that checkpoint. Straight from the fresh
-# model the long setting's 7.9 million demonstration tokens are too few; stage 1 alone scores 0 of 32 on it.
-GRAPH_NAV_SMALL_SFT = [
-    "--env", "graph_nav", "--env-option", "size=small", "--env-option", "numbered=true",
-    "--env-option", "marked=true", "--env-option", "expert_explores=true", "--compaction", "none",
-    "--context-budget", "3072", "--max-turns", "24", "--episodes", "3200", "--epochs", "1", "--lr", "1e-3",
-    "--lr-schedule", "cosine", "--warmup-steps", "100", "--eval-episodes", "32",
-]
+# graph_nav_long by a curriculum: graph_nav small with numbered, marked exits (tests/sft_recipes.py, with
+# 32 held-out episodes instead of 64), then graph_nav_long's own settings from that checkpoint. Straight
+# from the fresh model the long setting's 7.9 million demonstration tokens are too few; stage 1 alone
+# scores 0 of 32 on it.
+GRAPH_NAV_SMALL_SFT = ["--env", "graph_nav", *GRAPH_NAV, *GRAPH_NAV_SFT, "--eval-episodes", "32"]
 GRAPH_NAV_LONG_SFT = [
     "--env", "graph_nav", "--env-option", "size=medium", "--env-option", "num_rooms=20",
     "--env-option", "numbered=true", "--env-option", "marked=true", "--env-option", "expert_explores=true",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sft_recipes import GRAPH_NAV, GRAPH_NAV_SFT
 
 from agentrl import sft
 from agentrl.batch import rows_from_episodes
@@ -282,11 +283,6 @@ def test_cli_refuses_a_non_empty_out(tmp_path: Path, capsys) -> None:
 
 # graph_nav small with numbered exits and items and marked exits, the explorer's demonstrations, whole
 # episodes in one window; PPO with 16 episodes per iteration, a faster critic and a failed-call penalty
-GRAPH_NAV = ["--env-option", "size=small", "--env-option", "numbered=true", "--env-option", "marked=true",
-             "--env-option", "expert_explores=true", "--compaction", "none", "--context-budget", "3072",
-             "--max-turns", "24"]
-GRAPH_NAV_SFT = ["--episodes", "3200", "--epochs", "1", "--lr", "1e-3", "--lr-schedule", "cosine",
-                 "--warmup-steps", "100", "--eval-episodes", "64"]
 GRAPH_NAV_PPO = ["env.options.numbered=true", "env.options.marked=true", "rollout.max_turns=24",
                  "rollout.context_budget=3072", "rollout.max_total_tokens=null",
                  "rollout.compaction.strategy=none", "optim.micro_batch_tokens=4096", "optim.actor_lr=3e-4",
